@@ -1,0 +1,140 @@
+"""Images in: files, folders, .npz arrays, the bundled sample photos, and tfds datasets.
+
+Everything returns uint8 RGB (N, H, W, 3). Grayscale files are repeated over 3 channels
+and RGBA files are composited onto white, so any JPEG/PNG works; arrays passed directly to
+`jaxviz.preprocess` must already be RGB (it raises a one-line error otherwise).
+"""
+
+import dataclasses
+import os
+from importlib import util as importlib_util
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from jaxviz.errors import InputError
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+  """images: (N, H, W, 3) uint8; names: one per image; labels: class names or None."""
+  images: np.ndarray
+  names: tuple[str, ...]
+  labels: tuple[str, ...] | None = None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+  """Grayscale -> repeated channels; alpha -> composited onto white; palette -> RGB."""
+  if image.mode in ('RGBA', 'LA') or (image.mode == 'P' and 'transparency' in image.info):
+    rgba = image.convert('RGBA')
+    background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert('RGB')
+  return image.convert('RGB')
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+  """Resizes the shorter side to `size` (bilinear) and crops the centre square."""
+  w, h = image.size
+  scale = size / min(w, h)
+  nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+  image = image.resize((nw, nh), Image.BILINEAR)
+  left, top = (nw - size) // 2, (nh - size) // 2
+  return image.crop((left, top, left + size, top + size))
+
+
+def load_image(path: str, size: int | None = 224) -> np.ndarray:
+  """Reads one image file as uint8 RGB (H, W, 3), square `size` unless size is None."""
+  if not os.path.isfile(path):
+    raise InputError(f'image not found: {path}')
+  try:
+    with Image.open(path) as image:
+      image = to_rgb(image)
+      if size is not None:
+        image = resize_center_crop(image, size)
+      return np.asarray(image, np.uint8)
+  except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    raise InputError(f'cannot read image {path}: {e}') from None
+
+
+def load_folder(folder: str, size: int = 224) -> ImageSet:
+  """Every JPEG/PNG/... file in `folder` (sorted by name), resized and centre-cropped."""
+  if not os.path.isdir(folder):
+    raise InputError(f'image folder not found: {folder}')
+  files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+  if not files:
+    raise InputError(f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in {folder}')
+  images = np.stack([load_image(os.path.join(folder, f), size) for f in files])
+  return ImageSet(images, tuple(os.path.splitext(f)[0] for f in files))
+
+
+def load_npz(path: str) -> ImageSet:
+  """An .npz with `images` (N, H, W, 3) RGB, uint8 or float in [0, 1], optional `labels`
+  (class names or indices) and `names`."""
+  if not os.path.isfile(path):
+    raise InputError(f'file not found: {path}')
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      arrays = {k: npz[k] for k in npz.files}
+  except (ValueError, OSError, EOFError) as e:
+    raise InputError(f'cannot read {path}: {e}') from None
+  if 'images' not in arrays:
+    raise InputError(f'{path} has no `images` array (it has {sorted(arrays)})')
+  images = arrays['images']
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise InputError(f'{path}: images has shape {images.shape}, expected (N, H, W, 3) RGB')
+  if images.dtype != np.uint8:
+    if not np.issubdtype(images.dtype, np.floating) or images.min() < 0 or images.max() > 1:
+      raise InputError(f'{path}: images must be uint8 or float in [0, 1]')
+    images = np.round(images * 255).astype(np.uint8)
+  n = len(images)
+  labels = tuple(str(x) for x in arrays['labels']) if 'labels' in arrays else None
+  names = (tuple(str(x) for x in arrays['names']) if 'names' in arrays
+           else tuple(f'image{i}' for i in range(n)))
+  for what, values in (('labels', labels), ('names', names)):
+    if values is not None and len(values) != n:
+      raise InputError(f'{path}: {len(values)} {what} for {n} images')
+  return ImageSet(images, names, labels)
+
+
+def load_images(source: str, size: int = 224) -> ImageSet:
+  """A folder, an .npz, one image file, or 'samples' (the bundled photos)."""
+  if source == 'samples':
+    return sample_images(size)
+  if source.endswith('.npz'):
+    return load_npz(source)
+  if os.path.isdir(source):
+    return load_folder(source, size)
+  name = os.path.splitext(os.path.basename(source))[0]
+  return ImageSet(load_image(source, size)[None], (name,))
+
+
+# Photos that installed packages carry, so the demos run offline. Each with the ImageNet
+# class we take as its label.
+_SAMPLES = (
+    ('matplotlib', 'mpl-data/sample_data/grace_hopper.jpg', 'grace_hopper', 'military uniform'),
+    ('skimage', 'data/chelsea.png', 'chelsea', 'tabby'),
+    ('skimage', 'data/coffee.png', 'coffee', 'espresso'),
+    ('skimage', 'data/astronaut.png', 'astronaut', 'suit'),
+    ('skimage', 'data/rocket.jpg', 'rocket', 'missile'),
+    ('skimage', 'data/motorcycle_left.png', 'motorcycle', 'moped'),
+)
+
+
+def sample_images(size: int = 224) -> ImageSet:
+  """The bundled sample photos (matplotlib's Grace Hopper, scikit-image's cat, coffee,
+  astronaut, rocket and motorcycle), with ImageNet labels."""
+  images, names, labels = [], [], []
+  for package, relpath, name, label in _SAMPLES:
+    spec = importlib_util.find_spec(package)
+    if spec is None or spec.origin is None:
+      continue
+    path = os.path.join(os.path.dirname(spec.origin), relpath)
+    if os.path.isfile(path):
+      images.append(load_image(path, size))
+      names.append(name)
+      labels.append(label)
+  if not images:
+    raise InputError('no sample photos found: pip install matplotlib scikit-image')
+  return ImageSet(np.stack(images), tuple(names), tuple(labels))

@@ -1,0 +1,184 @@
+"""`load_model`: an architecture plus weights -> a pure apply function and its params."""
+
+import dataclasses
+import difflib
+import functools
+import os
+from collections.abc import Callable, Sequence
+from importlib import resources
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxviz import checkpoint, models
+from jaxviz import preprocess as pre
+from jaxviz.errors import InputError, WeightsError
+
+
+def cache_dir() -> str:
+  """Where converted weights live: $JAXVIZ_CACHE, else ~/.cache/jaxviz."""
+  return os.environ.get('JAXVIZ_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'jaxviz')
+
+
+def imagenet_weights_path(name: str) -> str:
+  return os.path.join(cache_dir(), f'{name}_imagenet.npz')
+
+
+@functools.cache
+def imagenet_class_names() -> tuple[str, ...]:
+  """torchvision's 1000 ImageNet class names, in index order (all distinct)."""
+  text = resources.files('jaxviz').joinpath('imagenet_classes.txt').read_text()
+  return tuple(text.splitlines())
+
+
+class _Recorder(dict):
+  """A hooks mapping that notes every layer name the forward pass offers it."""
+
+  def get(self, name, default=None):
+    self[name] = None
+    return default
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # identity hash: usable as a static jit arg
+class Model:
+  """A loaded classifier. `apply(params, images) -> logits` is pure and jittable.
+
+  Attributes:
+    name: architecture name ('squeezenet1_1', ...).
+    apply: (params, (N, H, W, 3) normalised images) -> (N, classes) logits.
+    hooked_apply: the same with a third argument, a {layer name: fn} mapping that
+      reads or rewrites that layer's output (see `layer_names`).
+    params: nested dict of arrays, paths mirroring the torch keys.
+    class_names: one name per logit.
+    mean, std: the RGB normalisation the weights were trained with.
+    metadata: what the weights file records (source, sha256, ...).
+  """
+  name: str
+  apply: Callable
+  hooked_apply: Callable
+  params: dict
+  class_names: tuple[str, ...]
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  metadata: dict
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def preprocess(self, images, dtype=jnp.float32):
+    return pre.preprocess(images, self.mean, self.std, dtype)
+
+  def deprocess(self, x, clip: bool = True):
+    return pre.deprocess(x, self.mean, self.std, clip)
+
+  def valid_range(self):
+    return pre.valid_range(self.mean, self.std)
+
+  def class_index(self, cls: int | str) -> int:
+    """A class index from an index or a name (exact, case-insensitive)."""
+    if isinstance(cls, (int, np.integer)):
+      if not 0 <= cls < self.num_classes:
+        raise InputError(f'class index {cls} out of range [0, {self.num_classes})')
+      return int(cls)
+    lowered = [c.lower() for c in self.class_names]
+    if str(cls).lower() in lowered:
+      return lowered.index(str(cls).lower())
+    if str(cls).isdigit():
+      return self.class_index(int(cls))
+    close = difflib.get_close_matches(str(cls).lower(), lowered, n=3, cutoff=0.6)
+    hint = f'; did you mean {", ".join(repr(self.class_names[lowered.index(c)]) for c in close)}?' if close else ''
+    raise InputError(f'unknown class {cls!r} for {self.name}{hint}')
+
+  @functools.cached_property
+  def layer_names(self) -> tuple[str, ...]:
+    """Every hookable layer name, in forward order."""
+    recorder = _Recorder()
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    jax.eval_shape(lambda p, x: self.hooked_apply(p, x, recorder), self.params, x)
+    return tuple(recorder)
+
+  def intermediates(self, params, images, names: Sequence[str]):
+    """(logits, {name: activation}) for the named layers. Pure; use inside jit/grad."""
+    unknown = [n for n in names if n not in self.layer_names]
+    if unknown:
+      raise InputError(f'unknown layer(s) {unknown} for {self.name}; see Model.layer_names')
+    acts = {}
+
+    def capture(name):
+      def fn(x):
+        acts[name] = x
+        return x
+      return fn
+
+    logits = self.hooked_apply(params, images, {n: capture(n) for n in names})
+    return logits, acts
+
+
+def load_model(name: str, weights: str = 'imagenet', *, seed: int = 0,
+               dtype=None) -> Model:
+  """Loads an architecture with weights.
+
+  Args:
+    name: 'squeezenet1_1', 'vgg16', ... (see jaxviz.models.ARCHITECTURES).
+    weights: a path to a file written by `python -m weights_convert`, 'imagenet' for the
+      cached converted ImageNet weights, or 'random' for seeded torchvision-style init.
+    seed: init seed when weights='random'.
+    dtype: cast every parameter to this dtype (e.g. jnp.float64 with jax_enable_x64).
+
+  Returns:
+    A `Model`.
+
+  Raises:
+    WeightsError: the file is missing, corrupt, or does not fit the architecture; the
+      message names the key and, for 'imagenet', the command that makes the file.
+  """
+  models.architecture(name)  # unknown name -> one-line error
+  if weights == 'random':
+    module = models.build(name, seed=seed)
+    class_names = imagenet_class_names()
+    metadata = {'model': name, 'source': 'random', 'seed': seed}
+    mean, std = pre.IMAGENET_MEAN, pre.IMAGENET_STD
+  else:
+    path = weights
+    if weights == 'imagenet':
+      path = imagenet_weights_path(name)
+      if not os.path.isfile(path):
+        raise WeightsError(
+            f'no converted ImageNet weights for {name} at {path}; make them with: '
+            f'python -m weights_convert --model={name}')
+    flat, metadata = checkpoint.load(path)
+    if metadata.get('model') != name:
+      raise WeightsError(f'{path} holds weights for {metadata.get("model")!r}, '
+                         f'not {name!r}')
+    class_names = tuple(metadata['class_names'])
+    mean, std = tuple(metadata['mean']), tuple(metadata['std'])
+    module = models.build_abstract(name, num_classes=len(class_names))
+  apply, hooked_apply, params = models.functionalize(module)
+  if weights != 'random':
+    params = fill_params(params, flat, source=path)
+  if dtype is not None:
+    params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
+  return Model(name, apply, hooked_apply, params, class_names, mean, std, metadata)
+
+
+def fill_params(abstract: dict, flat: dict[str, np.ndarray], source: str) -> dict:
+  """Fills an abstract params tree from flat arrays, failing on any mismatch by name."""
+  expected = checkpoint.flatten(abstract)
+  missing = sorted(set(expected) - set(flat))
+  extra = sorted(set(flat) - set(expected))
+  if missing:
+    raise WeightsError(f'{source} lacks parameter(s) {missing[:5]}'
+                       + (f' and {len(missing) - 5} more' if len(missing) > 5 else ''))
+  if extra:
+    raise WeightsError(f'{source} has unexpected parameter(s) {extra[:5]}'
+                       + (f' and {len(extra) - 5} more' if len(extra) > 5 else ''))
+  for key, spec in expected.items():
+    if flat[key].shape != spec.shape:
+      raise WeightsError(f'{source}: parameter {key} has shape {flat[key].shape}, '
+                         f'the model expects {spec.shape}')
+    if not np.issubdtype(flat[key].dtype, np.floating):
+      raise WeightsError(f'{source}: parameter {key} has dtype {flat[key].dtype}')
+  return checkpoint.unflatten({k: jnp.asarray(flat[k]) for k in expected})

@@ -1,0 +1,147 @@
+"""torchvision checkpoint (.pth) -> jaxviz weights file (.npz + metadata).
+
+The conversion is a rename plus a fixed transpose, then a completeness check against the
+abstract Flax model:
+
+  features.3.squeeze.weight  (O, I, kH, kW) -> features.3.squeeze.kernel  (kH, kW, I, O)
+  classifier.0.weight        (out, in)      -> classifier.0.kernel        (in, out)
+  features.1.weight          (C,) [BN]      -> features.1.scale
+  features.1.running_mean / running_var     -> features.1.mean / var
+  *.bias                                    -> *.bias
+  *.num_batches_tracked                     -> dropped (a training counter)
+
+Every missing, extra or mis-shaped key is an error naming the key. Checkpoints are read
+with torch.load(weights_only=True): a .pth is a pickle, and a pickle can run code.
+"""
+
+import os
+import re
+import urllib.error
+
+import numpy as np
+
+import jaxviz
+from jaxviz import checkpoint, models
+from jaxviz.errors import WeightsError
+
+_RENAMES = {'running_mean': 'mean', 'running_var': 'var'}
+_IGNORED = ('num_batches_tracked',)
+
+
+def torch_key_to_jax(key: str, ndim: int) -> tuple[str, tuple[int, ...] | None]:
+  """('features.3.squeeze.weight', 4) -> ('features.3.squeeze.kernel', HWIO permutation)."""
+  *path, leaf = key.split('.')
+  if leaf == 'weight':
+    leaf, perm = {4: ('kernel', (2, 3, 1, 0)), 2: ('kernel', (1, 0)), 1: ('scale', None)
+                  }.get(ndim, (None, None))
+    if leaf is None:
+      raise WeightsError(f'checkpoint key {key} has {ndim} dims; no conversion rule')
+    return '.'.join(path + [leaf]), perm
+  return '.'.join(path + [_RENAMES.get(leaf, leaf)]), None
+
+
+def convert_state_dict(name: str, state_dict, class_names=None) -> dict:
+  """A torch state_dict (tensors or arrays) -> nested jaxviz params (numpy, float32).
+
+  Args:
+    name: the jaxviz architecture ('squeezenet1_1', 'vgg16', ...).
+    state_dict: mapping of torch key -> tensor, as torchvision's model.state_dict().
+    class_names: one per output class; default ImageNet's 1000.
+
+  Raises:
+    WeightsError naming the first key that is missing, unexpected or mis-shaped.
+  """
+  flat = {}
+  for key, value in state_dict.items():
+    if key.rsplit('.', 1)[-1] in _IGNORED:
+      continue
+    array = value.detach().cpu().numpy() if hasattr(value, 'detach') else np.asarray(value)
+    jax_key, perm = torch_key_to_jax(key, array.ndim)
+    flat[jax_key] = np.ascontiguousarray(
+        array.transpose(perm) if perm else array).astype(np.float32)
+  num_classes = len(class_names) if class_names is not None else 1000
+  abstract = models.functionalize(models.build_abstract(name, num_classes))[2]
+  params = jaxviz.loading.fill_params(abstract, flat, source=f'{name} checkpoint')
+  return checkpoint.unflatten({k: np.asarray(v) for k, v in checkpoint.flatten(params).items()})
+
+
+def read_checkpoint(path: str) -> dict:
+  """torch.load(weights_only=True) with one-line errors; unwraps {'state_dict': ...}."""
+  import torch  # conversion-only dependency
+  if not os.path.isfile(path):
+    raise WeightsError(f'checkpoint not found: {path}')
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # torch raises many types for damaged or unsafe files
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise WeightsError(f'cannot read checkpoint {path}: {first_line[:300]} (a torch '
+                       'state_dict saved with torch.save(model.state_dict()) is expected; '
+                       'it is loaded with weights_only=True)') from None
+  for wrapper in ('state_dict', 'model'):
+    if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+      obj = obj[wrapper]
+  if not isinstance(obj, dict) or not all(hasattr(v, 'shape') for v in obj.values()):
+    raise WeightsError(f'{path} does not hold a state_dict of tensors')
+  if obj and all(k.startswith('module.') for k in obj):  # saved from DataParallel
+    obj = {k[len('module.'):]: v for k, v in obj.items()}
+  return obj
+
+
+def official_weights(name: str):
+  """torchvision's default ImageNet weights enum for an architecture (no network)."""
+  import torchvision
+  try:
+    return torchvision.models.get_model_weights(name).DEFAULT
+  except (ValueError, KeyError):
+    raise WeightsError(f'torchvision has no pretrained weights for {name!r}') from None
+
+
+def fetch_official(name: str) -> str:
+  """Downloads torchvision's ImageNet checkpoint through torch.hub, hash-checked and
+  cached (in $TORCH_HOME), and returns the local path. Needs the network once."""
+  import torch
+  url = official_weights(name).url
+  path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
+  if os.path.isfile(path):
+    return path
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  match = torch.hub.HASH_REGEX.search(os.path.basename(url))
+  try:  # torch.hub writes to a temporary file and checks the sha256 prefix before moving
+    torch.hub.download_url_to_file(url, path, hash_prefix=match.group(1) if match else None,
+                                   progress=True)
+  except (urllib.error.URLError, OSError, TimeoutError) as e:
+    reason = getattr(e, 'reason', e)
+    raise WeightsError(
+        f'cannot download {url} ({reason}): the network is unreachable; fetch that file '
+        f'elsewhere and run python -m weights_convert --model={name} '
+        '--checkpoint=FILE.pth') from None
+  except RuntimeError as e:  # hash mismatch
+    raise WeightsError(f'download of {url} failed its hash check: {e}') from None
+  return path
+
+
+def convert(name: str, output: str, checkpoint_path: str | None = None,
+            class_names=None) -> str:
+  """Converts a checkpoint (or, with none, torchvision's official one) into `output`.
+
+  Returns:
+    The output path. The file is written atomically and carries the model name, the
+    source file and its sha256, class names and the normalisation constants.
+  """
+  models.architecture(name)
+  if checkpoint_path is None:
+    checkpoint_path = fetch_official(name)
+    if class_names is None:
+      class_names = list(official_weights(name).meta['categories'])
+  params = convert_state_dict(name, read_checkpoint(checkpoint_path), class_names)
+  metadata = {
+      'model': name,
+      'source': os.path.basename(checkpoint_path),
+      'source_sha256': checkpoint.sha256_file(checkpoint_path),
+      'class_names': list(class_names or jaxviz.imagenet_class_names()),
+      'mean': list(jaxviz.IMAGENET_MEAN),
+      'std': list(jaxviz.IMAGENET_STD),
+      'input_size': 224,
+  }
+  checkpoint.save(output, params, metadata)
+  return output
