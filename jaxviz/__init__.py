@@ -10,3 +10,5 @@ from jaxviz.preprocess import (IMAGENET_MEAN, IMAGENET_STD, deprocess, preproces
                                valid_range)
 
 __version__ = '0.1.0'
+from jaxviz.methods import (ClassVisualization, FoolingResult, class_visualization,
+                            fooling_images, saliency_maps)

@@ -1,0 +1,234 @@
+"""Class visualisation (Simonyan et al. 2014; Yosinski et al. 2015), as in the course."""
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxviz.errors import InputError
+from jaxviz.methods import _checks
+from jaxviz.preprocess import valid_range
+
+
+class ClassVisualization(NamedTuple):
+  """Attributes:
+    images: (N, H, W, 3) final images (normalised space).
+    target_probability: (N,) softmax probability of the target for the final image.
+    predicted: (N,) argmax class of the final image.
+    probability_trace: (N, T) target probability at each step (of the jittered image the
+      gradient was taken at).
+    objective_trace: (N, T) the ascended objective f_target(x) - l2_reg * ||x||_2 there.
+    snapshots: (N, T // snapshot_every, H, W, 3) images after every snapshot_every steps,
+      or None.
+  """
+  images: jax.Array
+  target_probability: jax.Array
+  predicted: jax.Array
+  probability_trace: jax.Array
+  objective_trace: jax.Array
+  snapshots: jax.Array | None
+
+
+def gaussian_blur(image, sigma: float, truncate: float = 4.0):
+  """scipy.ndimage.gaussian_filter1d along H, then along W (mode 'reflect').
+
+  The course's `blur_image`. Same kernel (radius int(truncate * sigma + 0.5)) and the same
+  half-sample-symmetric boundary (scipy's 'reflect' is numpy's 'symmetric').
+
+  Args:
+    image: (H, W, C).
+  """
+  radius = int(truncate * float(sigma) + 0.5)
+  taps = np.arange(-radius, radius + 1)
+  kernel = np.exp(-0.5 / (float(sigma) ** 2) * taps ** 2)
+  kernel = kernel / kernel.sum()
+  for axis in (0, 1):
+    size = image.shape[axis]
+    pad = [(0, 0)] * image.ndim
+    pad[axis] = (radius, radius)
+    padded = jnp.pad(image, pad, mode='symmetric')
+    image = sum(jnp.asarray(w, image.dtype) * jax.lax.slice_in_dim(padded, j, j + size, axis=axis)
+                for j, w in enumerate(kernel))
+  return image
+
+
+def _norm(x):
+  """||x||_2 with gradient 0 (not NaN) at x = 0."""
+  sq = jnp.sum(x * x)
+  positive = sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def class_visualization_one(apply_fn, params, target, key, init, learning_rate, l2_reg,
+                            low, high, *, num_iterations: int, blur_every: int,
+                            blur_sigma: float, max_jitter: int, clamp: bool,
+                            optimizer: optax.GradientTransformation | None,
+                            snapshot_every: int, progress: Callable | None = None):
+  """Ascends f_target(x) - l2_reg * ||x||_2 for one image (see `class_visualization`).
+
+  Returns:
+    (final image, (probability, objective) traces, each (T,), snapshots (S, H, W, 3) or
+    None).
+  """
+  opt = optimizer if optimizer is not None else optax.sgd(learning_rate)
+  jitter_key = key
+
+  def objective(x):
+    logits = apply_fn(params, x[None])[0]
+    return logits[target] - l2_reg * _norm(x), logits
+
+  def step(carry, t):
+    x, opt_state = carry
+    if max_jitter > 0:
+      ox, oy = jax.random.randint(jax.random.fold_in(jitter_key, t), (2,), 0, max_jitter + 1)
+      shifted = jnp.roll(x, (oy, ox), axis=(0, 1))
+    else:
+      shifted = x
+    (value, logits), grad = jax.value_and_grad(objective, has_aux=True)(shifted)
+    if max_jitter > 0:
+      # Rolling the gradient back equals the course's roll / step / roll back bit for bit
+      # (a roll is a permutation), and keeps an optimizer's state aligned with the image.
+      grad = jnp.roll(grad, (-oy, -ox), axis=(0, 1))
+    updates, opt_state = opt.update(-grad, opt_state, x)  # optax minimises: ascend on -(-g)
+    x = optax.apply_updates(x, updates)
+    if clamp:
+      x = jnp.clip(x, low, high)
+    if blur_every > 0:
+      x = jax.lax.cond(t % blur_every == 0,
+                       lambda x: gaussian_blur(x, blur_sigma), lambda x: x, x)
+    if progress is not None:
+      jax.debug.callback(progress, t)
+    return (x, opt_state), (jax.nn.softmax(logits)[target], value)
+
+  every = snapshot_every or num_iterations
+  chunks, rest = divmod(num_iterations, every)
+  steps = jnp.arange(num_iterations)
+
+  def chunk(carry, ts):
+    carry, probs = jax.lax.scan(step, carry, ts)
+    return carry, (probs, carry[0])
+
+  carry = (init, opt.init(init))
+  carry, (traces, snaps) = jax.lax.scan(chunk, carry,
+                                        steps[:chunks * every].reshape(chunks, every))
+  traces = jax.tree.map(lambda a: a.reshape(-1), traces)
+  if rest:
+    carry, more = jax.lax.scan(step, carry, steps[chunks * every:])
+    traces = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), traces, more)
+  return carry[0], traces, (snaps if snapshot_every else None)
+
+
+_STATIC = ('apply_fn', 'image_shape', 'num_iterations', 'blur_every', 'blur_sigma',
+           'max_jitter', 'clamp', 'optimizer', 'snapshot_every', 'progress', 'random_init')
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _class_visualization(apply_fn, params, targets, keys, init, learning_rate, l2_reg, low,
+                         high, *, image_shape, random_init, **static):
+
+  def one(target, key, init, learning_rate, l2_reg):
+    init_key, steps_key = jax.random.split(key)
+    if random_init:
+      init = jax.random.normal(init_key, image_shape, low.dtype)
+    return class_visualization_one(apply_fn, params, target, steps_key, init,
+                                   learning_rate, l2_reg, low, high, **static)
+
+  images, (prob_trace, objective_trace), snaps = jax.vmap(
+      one, in_axes=(0, 0, None if random_init else 0, 0, 0))(
+          targets, keys, init, learning_rate, l2_reg)
+  probs = jax.nn.softmax(apply_fn(params, images), axis=-1)
+  target_p = jnp.take_along_axis(probs, targets[:, None], axis=1)[:, 0]
+  return ClassVisualization(images, target_p, jnp.argmax(probs, -1), prob_trace,
+                            objective_trace, snaps)
+
+
+def class_visualization(apply_fn, params, targets, key, *, init=None,
+                        image_shape=(224, 224, 3), num_iterations: int = 200,
+                        learning_rate=5.0, l2_reg=1e-3, blur_every: int = 10,
+                        blur_sigma: float = 0.5, max_jitter: int = 16, clamp=True,
+                        optimizer: optax.GradientTransformation | None = None,
+                        snapshot_every: int = 0, progress: Callable | None = None,
+                        dtype=jnp.float32) -> ClassVisualization:
+  """Images that the model scores highly as each target class.
+
+  Each step (the course's algorithm, eq. 3-4): roll the image by random (ox, oy) in
+  [0, max_jitter]; take the gradient of f_target(x) - l2_reg * ||x||_2; step along it
+  (plain SGD, x <- x + lr * g, unless `optimizer` is given); roll back; clamp each channel
+  to the valid normalised range; and when t % blur_every == 0, blur with sigma blur_sigma
+  exactly like scipy's gaussian_filter1d along H then W.
+
+  Args:
+    apply_fn, params: the model.
+    targets: (N,) class indices, one image per target.
+    key: a PRNG key (split per image), or one key per image (N keys): drives the noise
+      init and the jitter, so the same key gives the same image bit for bit.
+    init: (N, H, W, 3) or (H, W, 3) normalised images to start from instead of N(0, 1)
+      noise (the course's init_img).
+    image_shape: (H, W, 3) of the noise init.
+    num_iterations, learning_rate, l2_reg, blur_every, blur_sigma, max_jitter: as the
+      course (defaults 200, 5, 1e-3, 10, 0.5, 16). blur_every=0 or max_jitter=0 turn those
+      regularisers off. learning_rate and l2_reg may be (N,) arrays: one per image.
+    clamp: True clamps to the ImageNet-normalised pixel box, False does not, a
+      (low, high) pair of per-channel arrays gives another box (model.valid_range()).
+    optimizer: any optax transformation (e.g. optax.adam(0.05)) in place of SGD; it
+      then sets the step size and `learning_rate` is unused. Create it once: a new
+      optimizer object compiles anew.
+    snapshot_every: also return the image after every this many steps (0: none).
+    progress: called with the step index t (on the host) at each step, for progress bars.
+    dtype: float32, or float64 with jax_enable_x64.
+
+  Returns:
+    A `ClassVisualization`.
+
+  References:
+    Simonyan, Vedaldi & Zisserman, Deep Inside Convolutional Networks, ICLR-W 2014.
+    Yosinski et al., Understanding Neural Networks Through Deep Visualization, 2015.
+  """
+  targets_arr = np.asarray(targets) if not isinstance(targets, jax.core.Tracer) else targets
+  n = targets_arr.shape[0] if targets_arr.ndim else 1
+  if init is not None:
+    init = jnp.asarray(init, dtype)
+    init = _checks.check_batch(init[None] if init.ndim == 3 else init)
+    if init.shape[0] == 1 and n > 1:
+      init = jnp.broadcast_to(init, (n, *init.shape[1:]))
+    if init.shape[0] != n:
+      raise InputError(f'init has {init.shape[0]} images for {n} targets')
+    image_shape = tuple(init.shape[1:])
+  if len(image_shape) != 3 or image_shape[-1] != 3:
+    raise InputError(f'image_shape must be (H, W, 3), got {image_shape}')
+  targets = _checks.check_classes(targets, n, _checks.num_classes(apply_fn, params, image_shape),
+                                  'targets')
+  for name, value in (('num_iterations', num_iterations), ('blur_every', blur_every),
+                      ('max_jitter', max_jitter), ('snapshot_every', snapshot_every)):
+    if int(value) != value or value < 0:
+      raise InputError(f'{name} must be a non-negative integer, got {value}')
+  if num_iterations < 1:
+    raise InputError('num_iterations must be at least 1')
+  if blur_every and blur_sigma <= 0:
+    raise InputError(f'blur_sigma must be positive, got {blur_sigma}')
+  if clamp is True:
+    low, high = valid_range()
+  elif clamp is False or clamp is None:
+    low, high = np.full(3, -np.inf), np.full(3, np.inf)
+  else:
+    low, high = clamp
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  if key.ndim == (0 if typed else 1):
+    keys = jax.random.split(key, n)
+  elif key.shape[0] == n:
+    keys = key
+  else:
+    raise InputError(f'key must be one PRNG key or one per target ({n}), got shape {key.shape}')
+  per_image = lambda v: jnp.broadcast_to(jnp.asarray(v, dtype), (n,))
+  return _class_visualization(
+      apply_fn, params, targets, keys, init, per_image(learning_rate), per_image(l2_reg),
+      jnp.asarray(low, dtype), jnp.asarray(high, dtype), image_shape=tuple(image_shape),
+      random_init=init is None, num_iterations=int(num_iterations),
+      blur_every=int(blur_every), blur_sigma=float(blur_sigma), max_jitter=int(max_jitter),
+      clamp=clamp is not False and clamp is not None, optimizer=optimizer,
+      snapshot_every=int(snapshot_every), progress=progress)
