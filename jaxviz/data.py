@@ -98,10 +98,57 @@ def load_npz(path: str) -> ImageSet:
   return ImageSet(images, names, labels)
 
 
+def load_tfds(name: str, split: str = 'validation', num_images: int = 8, size: int = 224,
+              data_dir: str | None = None, start: int = 0) -> ImageSet:
+  """Images from a tensorflow-datasets dataset already on disk (or downloadable).
+
+  Uses tfds' random-access data sources, so TensorFlow is not needed. ImageNet-family
+  datasets (1000 classes in torchvision's order: imagenet2012, imagenet_v2, ...) get
+  torchvision's class names as labels; others get the dataset's own label names.
+
+  Args:
+    name: tfds dataset name, e.g. 'imagenet2012' (manual download) or 'imagenet_v2'.
+    split: e.g. 'validation'.
+    num_images: how many consecutive examples, from `start`.
+    size: square output size (shorter side resized, centre crop).
+    data_dir: tfds data folder (default: tfds' own, ~/tensorflow_datasets).
+  """
+  try:
+    import tensorflow_datasets as tfds
+    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    names = tfds.builder(name, data_dir=data_dir).info.features['label'].names
+  except Exception as e:  # tfds raises many types for a dataset that is not there
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise InputError(f'tfds dataset {name}:{split} is not available ({reason[:200]}); '
+                     'prepare it with tfds (ImageNet needs a manual download) or pass a '
+                     'folder of images') from None
+  stop = min(start + num_images, len(source))
+  if stop <= start:
+    raise InputError(f'tfds {name}:{split} has {len(source)} examples; none from {start}')
+  if len(names) == 1000:  # the ImageNet label order, as torchvision's
+    from jaxviz.loading import imagenet_class_names
+    names = imagenet_class_names()
+  images, labels = [], []
+  for i in range(start, stop):
+    example = source[i]
+    image = Image.fromarray(np.asarray(example['image']).squeeze())
+    images.append(np.asarray(resize_center_crop(to_rgb(image), size), np.uint8))
+    labels.append(names[int(example['label'])])
+  return ImageSet(np.stack(images), tuple(f'{name}_{i}' for i in range(start, stop)),
+                  tuple(labels))
+
+
 def load_images(source: str, size: int = 224) -> ImageSet:
-  """A folder, an .npz, one image file, or 'samples' (the bundled photos)."""
+  """A folder, an .npz, one image file, 'samples' (the bundled photos), or
+  'tfds:NAME[:SPLIT[:COUNT]]' (e.g. 'tfds:imagenet2012:validation:16')."""
   if source == 'samples':
     return sample_images(size)
+  if source.startswith('tfds:'):
+    parts = source.split(':')[1:]
+    if not parts[0] or len(parts) > 3 or (len(parts) == 3 and not parts[2].isdigit()):
+      raise InputError(f'expected tfds:NAME[:SPLIT[:COUNT]], got {source!r}')
+    return load_tfds(parts[0], parts[1] if len(parts) > 1 else 'validation',
+                     int(parts[2]) if len(parts) > 2 else 8, size)
   if source.endswith('.npz'):
     return load_npz(source)
   if os.path.isdir(source):

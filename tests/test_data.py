@@ -72,3 +72,23 @@ def test_npz(tmp_path):
   np.savez(tmp_path / 'range.npz', images=rgb * 255)
   with pytest.raises(InputError, match=r'uint8 or float in \[0, 1\]'):
     data.load_npz(str(tmp_path / 'range.npz'))
+
+
+def test_tfds_imagenet_with_mock_data():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  with tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
+    images = data.load_images('tfds:imagenet2012:validation:3', size=32)
+    direct = tfds.data_source('imagenet2012', split='validation')
+    expected_labels = tuple(jaxviz.imagenet_class_names()[int(direct[i]['label'])]
+                            for i in range(3))
+  assert images.images.shape == (3, 32, 32, 3) and images.images.dtype == np.uint8
+  assert images.labels == expected_labels  # tfds' ImageNet order is torchvision's
+
+
+def test_tfds_missing_dataset_is_one_line(tmp_path):
+  pytest.importorskip('tensorflow_datasets')
+  with pytest.raises(InputError, match='not available') as e:
+    data.load_tfds('imagenet2012', data_dir=str(tmp_path))  # nothing prepared there
+  assert '\n' not in str(e.value)
+  with pytest.raises(InputError, match='expected tfds:NAME'):
+    data.load_images('tfds:')
