@@ -100,7 +100,7 @@ def load_npz(path: str) -> ImageSet:
 
 def load_tfds(name: str, split: str = 'validation', num_images: int = 8, size: int = 224,
               data_dir: str | None = None, start: int = 0) -> ImageSet:
-  """Images from a tensorflow-datasets dataset already on disk (or downloadable).
+  """Images from a tensorflow-datasets dataset already prepared on disk.
 
   Uses tfds' random-access data sources, so TensorFlow is not needed. ImageNet-family
   datasets (1000 classes in torchvision's order: imagenet2012, imagenet_v2, ...) get
@@ -115,13 +115,16 @@ def load_tfds(name: str, split: str = 'validation', num_images: int = 8, size: i
   """
   try:
     import tensorflow_datasets as tfds
-    source = tfds.data_source(name, split=split, data_dir=data_dir)
-    names = tfds.builder(name, data_dir=data_dir).info.features['label'].names
+    builder = tfds.builder(name, data_dir=data_dir)
+    # download=False: never download or prepare implicitly.
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    names = builder.info.features['label'].names
   except Exception as e:  # tfds raises many types for a dataset that is not there
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise InputError(f'tfds dataset {name}:{split} is not available ({reason[:200]}); '
-                     'prepare it with tfds (ImageNet needs a manual download) or pass a '
-                     'folder of images') from None
+    raise InputError(f'tfds dataset {name}:{split} is not prepared ({reason[:160]}); '
+                     f'prepare it first (tfds build {name} --file_format=array_record, '
+                     'readable without TensorFlow; ImageNet needs a manual '
+                     'download) or pass a folder of images') from None
   stop = min(start + num_images, len(source))
   if stop <= start:
     raise InputError(f'tfds {name}:{split} has {len(source)} examples; none from {start}')

@@ -87,7 +87,7 @@ def test_tfds_imagenet_with_mock_data():
 
 def test_tfds_missing_dataset_is_one_line(tmp_path):
   pytest.importorskip('tensorflow_datasets')
-  with pytest.raises(InputError, match='not available') as e:
+  with pytest.raises(InputError, match='not prepared') as e:
     data.load_tfds('imagenet2012', data_dir=str(tmp_path))  # nothing prepared there
   assert '\n' not in str(e.value)
   with pytest.raises(InputError, match='expected tfds:NAME'):
