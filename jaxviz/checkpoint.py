@@ -45,6 +45,9 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
       write_fn(f)
       f.flush()
       os.fsync(f.fileno())
+    umask = os.umask(0)  # mkstemp makes 0600; give the file the mode open() would
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -1,16 +1,23 @@
 """What the absl scripts share: one-line errors, weights resolution, run manifests."""
 
+import contextlib
 import functools
 import json
 import os
 import platform
 import sys
+import threading
 import time
+import types
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 from absl import logging
 
 import jaxviz
+from jaxviz import data, figures
 
 logging.set_verbosity(logging.WARNING)  # hide JAX's backend-probing INFO lines
 
@@ -56,3 +63,216 @@ def write_manifest(output_dir: str, flags_dict: dict, model: jaxviz.Model, **ext
   jaxviz.checkpoint.atomic_write(path, lambda f: f.write(
       json.dumps(manifest, indent=2, default=str).encode()))
   return path
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers shared by saliency.py, adversarial.py, class_visualization.py and make_figures.py.
+# They glue data -> methods -> figures; the methods and plots themselves live in jaxviz.
+
+def enable_compilation_cache():
+  """Keeps compiled XLA programs on disk between runs.
+
+  On CPU, random init alone compiles ~50 small programs (~13 s for SqueezeNet) and each
+  method compiles for several seconds; a warm cache cuts a script's start to ~2 s. The
+  folder is $JAX_COMPILATION_CACHE_DIR, else the jaxviz cache folder's `xla/`.
+  """
+  directory = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
+      jaxviz.cache_dir(), 'xla')
+  jax.config.update('jax_compilation_cache_dir', directory)
+  # JAX's defaults skip programs compiled in under a second: exactly the init programs.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def define_common_flags(script: str):
+  """The flags every method script has; returns their holders as a namespace."""
+  from absl import flags
+  return types.SimpleNamespace(
+      model=flags.DEFINE_enum('model', 'squeezenet1_1', sorted(jaxviz.ARCHITECTURES),
+                              'Architecture.'),
+      weights=flags.DEFINE_string(
+          'weights', 'imagenet', "'imagenet' (converted on first use; random-init with a "
+          "note when it cannot be had), 'random', or a converted .npz weights file."),
+      images=flags.DEFINE_string(
+          'images', 'samples', "'samples' (bundled photos with ImageNet labels), a folder "
+          'of images, one image file, or an .npz with `images` (N, H, W, 3) and optional '
+          '`labels` (class names or indices).'),
+      image_size=flags.DEFINE_integer(
+          'image_size', 224, 'Side of the square the images are resized and centre-cropped '
+          'to (.npz images are used as they are).', lower_bound=16),
+      seed=flags.DEFINE_integer('seed', 0, 'PRNG seed of the noise init and jitter (class '
+                                'visualisation); recorded in the manifest.'),
+      output_dir=flags.DEFINE_string('output_dir', os.path.join('outputs', script),
+                                     'Where the figure, results.npz and manifest.json go.'),
+  )
+
+
+def script_flags() -> dict:
+  """{name: value} of the flags the script (and this module) define, for the manifest."""
+  from absl import flags
+  return {f.name: f.value for module, fs in flags.FLAGS.flags_by_module_dict().items()
+          if not module.startswith('absl') for f in fs}
+
+
+def weights_label(model: jaxviz.Model) -> str:
+  """'random weights, predictions meaningless', or 'weights FILE' naming the weights' source."""
+  source = str(model.metadata.get('source', ''))
+  if source == 'random':
+    return 'random weights, predictions meaningless'
+  return f'weights {os.path.basename(source) or "?"}'
+
+
+def class_indices(model: jaxviz.Model, classes) -> np.ndarray:
+  """Class names or indices (strings allowed) -> int32 indices; unknown names fail in one
+  line with suggestions."""
+  return np.asarray([model.class_index(c.strip() if isinstance(c, str) else c)
+                     for c in classes], np.int32)
+
+
+def load_init(spec: str, size: int) -> np.ndarray | None:
+  """--init: 'noise' -> None; 'samples:NAME' -> that bundled photo; else a path to an image,
+  a folder or an .npz (data.load_images). Returns uint8 (N, H, W, 3)."""
+  if spec == 'noise':
+    return None
+  if spec.startswith('samples:'):
+    samples = data.sample_images(size)
+    name = spec.split(':', 1)[1]
+    if name not in samples.names:
+      raise jaxviz.InputError(f'no sample photo {name!r}; known: {", ".join(samples.names)}')
+    return samples.images[samples.names.index(name)][None]
+  return data.load_images(spec, size).images
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str):
+  """A tqdm bar over `total` steps; yields the `progress(t)` callback the methods call.
+
+  The bar follows the largest step index seen, so it counts steps once even if a callback
+  arrives once per image (vmap) or out of order (jax.debug.callback is unordered).
+  """
+  from tqdm.auto import tqdm
+  bar = tqdm(total=total, desc=f'{desc} (compiling)', unit='step', leave=False,
+             file=sys.stderr)
+  lock = threading.Lock()
+  started = []
+
+  def progress(t):
+    with lock:
+      if not started:  # the first step ran: compilation is over, restart the clock
+        started.append(True)
+        bar.set_description(desc, refresh=False)
+        bar.reset(total)
+      done = int(np.max(t)) + 1
+      if done > bar.n:
+        bar.update(done - bar.n)
+
+  try:
+    yield progress
+  finally:
+    bar.close()
+
+
+def save_npz(path: str, **arrays) -> str:
+  """Writes arrays (numpy-convertible; strings as unicode arrays) atomically."""
+  arrays = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
+  jaxviz.checkpoint.atomic_write(path, lambda f: np.savez(f, **arrays))
+  return path
+
+
+def to_rgb01(model: jaxviz.Model, x) -> np.ndarray:
+  """Normalised model input -> RGB float32 in [0, 1] (clipped) for display."""
+  return np.asarray(model.deprocess(jnp.asarray(x)), np.float32)
+
+
+def predict(model: jaxviz.Model, x) -> np.ndarray:
+  """Argmax class of normalised images."""
+  return np.asarray(jnp.argmax(jax.jit(model.apply)(model.params, x), axis=-1))
+
+
+def _wait(tree):
+  return jax.tree.map(np.asarray, jax.block_until_ready(tree))
+
+
+def run_saliency(model: jaxviz.Model, images: np.ndarray, labels: np.ndarray,
+                 objective: str):
+  """Saliency maps of uint8 images; also times a second, compiled call.
+
+  Returns:
+    (maps (N, H, W), {'first_call_s', 'second_call_s'}).
+  """
+  x = model.preprocess(images)
+  start = time.perf_counter()
+  maps = _wait(jaxviz.saliency_maps(model.apply, model.params, x, labels, objective))
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  _wait(jaxviz.saliency_maps(model.apply, model.params, x, labels, objective))
+  return maps, {'first_call_s': round(first, 3),
+                'second_call_s': round(time.perf_counter() - start, 3)}
+
+
+def saliency_plot(model: jaxviz.Model, images: np.ndarray, maps, labels, suptitle: str):
+  return figures.saliency_figure(images / 255.0, maps,
+                                 [model.class_names[k] for k in labels], suptitle)
+
+
+def run_fooling(model: jaxviz.Model, images: np.ndarray, target: int, objective: str,
+                learning_rate: float, max_iterations: int) -> dict:
+  """Fooling images of uint8 images towards one target class.
+
+  Returns:
+    A dict of numpy arrays: the FoolingResult fields, `original` (normalised input),
+    `original_predicted`, and `fooled_uint8_predicted`: the class of the fooled image
+    once saved as 8-bit RGB (quantisation and clipping can undo a fooling).
+  """
+  x = model.preprocess(images)
+  targets = np.full((len(images),), target, np.int32)
+  start = time.perf_counter()
+  result = _wait(jaxviz.fooling_images(model.apply, model.params, x, targets,
+                                       learning_rate, max_iterations, objective))
+  seconds = time.perf_counter() - start
+  fooled_uint8 = np.round(to_rgb01(model, result.images) * 255).astype(np.uint8)
+  return dict(result._asdict(), original=np.asarray(x), original_predicted=predict(model, x),
+              fooled_uint8=fooled_uint8,
+              fooled_uint8_predicted=predict(model, model.preprocess(fooled_uint8)),
+              target=targets, seconds=seconds)
+
+
+def fooling_plot(model: jaxviz.Model, run: dict, suptitle: str):
+  names = lambda ks: [model.class_names[k] for k in ks]
+  return figures.fooling_figure(
+      to_rgb01(model, run['original']), to_rgb01(model, run['images']),
+      names(run['original_predicted']), names(run['predicted']), run['iterations'],
+      run['l2'], run['linf'], suptitle)
+
+
+def run_class_visualization(model: jaxviz.Model, targets: np.ndarray, seed: int, *,
+                            init: np.ndarray | None, image_size: int, num_iterations: int,
+                            learning_rate: float, optimizer: str = 'sgd',
+                            desc: str = 'class visualisation', **hyperparameters):
+  """Class visualisations of `targets` (one image each) with a progress bar.
+
+  Args:
+    init: uint8 (1 or N, H, W, 3) images to start from, or None for N(0, 1) noise.
+    optimizer: 'sgd' (the course's x += lr * g) or 'adam' (optax.adam(learning_rate)).
+    hyperparameters: l2_reg, blur_every, blur_sigma, max_jitter, snapshot_every.
+
+  Returns:
+    (ClassVisualization as numpy arrays, seconds).
+  """
+  opt = {'sgd': None, 'adam': lambda: optax.adam(learning_rate)}[optimizer]
+  start = time.perf_counter()
+  with progress_bar(num_iterations, desc) as progress:
+    result = jaxviz.class_visualization(
+        model.apply, model.params, targets, jax.random.key(seed),
+        init=None if init is None else model.preprocess(init),
+        image_shape=(image_size, image_size, 3), num_iterations=num_iterations,
+        learning_rate=learning_rate, optimizer=opt and opt(), clamp=model.valid_range(),
+        progress=progress, **hyperparameters)
+    result = _wait(result)
+  return result, time.perf_counter() - start
+
+
+def class_visualization_titles(model: jaxviz.Model, targets, result, num_iterations: int):
+  """'tarantula\n200 it., p=0.93' per image: the target and its final probability."""
+  return [f'{model.class_names[t]}\n{num_iterations} it., p={p:.2g}'
+          for t, p in zip(targets, result.target_probability)]

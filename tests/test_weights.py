@@ -220,6 +220,15 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
   assert os.listdir(tmp_path) == ['w.npz']  # no temporary file left behind
 
 
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+  old = os.umask(0o022)
+  try:
+    checkpoint.atomic_write(tmp_path / 'f', lambda f: f.write(b'x'))
+  finally:
+    os.umask(old)
+  assert (os.stat(tmp_path / 'f').st_mode & 0o777) == 0o644
+
+
 def test_float64_params_survive_save_and_load(tmp_path):
   params = {'a': {0: {'kernel': np.arange(6.0).reshape(2, 3)}}}
   checkpoint.save(tmp_path / 'p.npz', params, {'model': 'x'})

@@ -1,0 +1,327 @@
+"""Regenerates every figure of the course report (seed 000, figures 1-16) in one folder.
+
+  python scripts/make_figures.py [--weights=imagenet] [--output_dir=outputs/figures]
+      [--models=squeezenet1_1,vgg16] [--quick]
+
+Writes figNN_*.png, index.html and index.md (each figure with its caption and the
+single-script command that makes the same picture), summary.json (the numbers quoted in
+the captions) and manifest.json. --quick divides every iteration count by 20 and uses
+112-pixel images: a pipeline check in about a minute on CPU, not the report's figures.
+"""
+
+import dataclasses
+import html
+import json
+import os
+import re
+import shlex
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+import jaxviz
+from jaxviz import data, figures
+import common
+
+_WEIGHTS = flags.DEFINE_string(
+    'weights', 'imagenet', "'imagenet' (converted on first use; random-init with a note "
+    "when it cannot be had) or 'random'.")
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', os.path.join('outputs', 'figures'),
+                                  'Folder for the PNGs, index.html and index.md.')
+_MODELS = flags.DEFINE_list('models', ['squeezenet1_1', 'vgg16'],
+                            'Models to run; figures of the others are listed as skipped.')
+_QUICK = flags.DEFINE_bool('quick', False, 'Iterations / 20 and 112-pixel images: checks '
+                           'the pipeline in a minute or two on CPU.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Image side (default 224; 112 with '
+                                   '--quick).', lower_bound=16)
+_DIVISOR = flags.DEFINE_integer('iterations_divisor', None, 'Divide every iteration count '
+                                'by this (default 1; 20 with --quick).', lower_bound=1)
+_IMAGES = flags.DEFINE_string('images', 'samples', 'Images for saliency and fooling; the '
+                              'first one is fooled.')
+_SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed of the class visualisations.')
+
+QUICK_DIVISOR, QUICK_SIZE = 20, 112
+# The course report's classes: gorilla, cat, tarantula, terrier (ImageNet names).
+NOISE_TARGETS = ('gorilla', 'tabby', 'tarantula', 'Border terrier')
+SWEEP_TARGETS = ('tarantula', 'gorilla')
+# The report starts from an ImageNet dog photo; the bundled photo closest in spirit is
+# scikit-image's cat, visualised as its own class.
+PHOTO, PHOTO_CLASS = 'chelsea', 'tabby'
+
+
+@dataclasses.dataclass
+class Entry:
+  """One figure of the index."""
+  number: int
+  title: str
+  caption: str = ''
+  file: str | None = None
+  command: str = ''
+  skipped: str = ''
+  numbers: dict = dataclasses.field(default_factory=dict)
+
+
+class Maker:
+  """Runs the report's experiments, model by model, and collects the index entries."""
+
+  def __init__(self, weights, models, quick, images, seed, output_dir, image_size=None,
+               divisor=None):
+    self.weights, self.models = weights, models
+    self.images_source, self.seed, self.out = images, seed, output_dir
+    self.size = image_size or (QUICK_SIZE if quick else 224)
+    self.divisor = divisor or (QUICK_DIVISOR if quick else 1)
+    self.entries: list[Entry] = []
+    self.loaded: dict[str, jaxviz.Model] = {}  # models are loaded when first needed
+    self._images = None
+
+  # Shared inputs ------------------------------------------------------------------------
+
+  def model(self, name: str) -> jaxviz.Model:
+    if name not in self.loaded:
+      self.loaded[name] = common.resolve_model(name, self.weights)
+    return self.loaded[name]
+
+  def images(self) -> data.ImageSet:
+    if self._images is None:
+      self._images = data.load_images(self.images_source, self.size)
+    return self._images
+
+  def iterations(self, n: int) -> int:
+    return max(1, n // self.divisor)
+
+  def command(self, script: str, model: str, **flag_values) -> str:
+    """The single-script command that draws the same picture."""
+    args = [f'--model={model}'] if model != 'squeezenet1_1' else []
+    if self.weights != 'imagenet':
+      args.append(f'--weights={self.weights}')
+    if self.images_source != 'samples':
+      args.append(f'--images={self.images_source}')
+    if self.size != 224:
+      args.append(f'--image_size={self.size}')
+    if self.seed and script == 'class_visualization':
+      args.append(f'--seed={self.seed}')
+    args += [f'--{k}={v}' for k, v in flag_values.items()]
+    return shlex.join(['python', f'scripts/{script}.py', *args])
+
+  def save(self, entry: Entry, name: str, fig) -> Entry:
+    entry.file = f'fig{entry.number:02d}_{name}.png'
+    figures.save(fig, os.path.join(self.out, entry.file))
+    self.entries.append(entry)
+    return entry
+
+  def skip(self, numbers, title, model):
+    for n in numbers:
+      self.entries.append(Entry(n, title, skipped=f'{model} is not in --models'))
+
+  # The report's figures -----------------------------------------------------------------
+
+  def saliency(self, number: int, model_name: str, objective: str):
+    model = self.model(model_name)
+    images = self.images()
+    labels = (common.class_indices(model, images.labels) if images.labels is not None
+              else common.predict(model, model.preprocess(images.images)))
+    maps, timings = common.run_saliency(model, images.images, labels, objective)
+    what = 'class score' if objective == 'score' else 'cross-entropy'
+    title = f'{model_name} saliency maps, gradient of the {what}'
+    fig = common.saliency_plot(model, images.images, maps, labels,
+                               f'Figure {number}: {title} ({common.weights_label(model)})')
+    self.save(Entry(number, title,
+                    f'Saliency maps (max over RGB of |d {what} / d pixel|) of {model_name} '
+                    f'for the labelled class of each photo.',
+                    command=self.command('saliency', model_name, objective=objective),
+                    numbers=timings), f'saliency_{model_name}_{objective}', fig)
+
+  def fooling(self, numbers=(5, 6), model_name='squeezenet1_1', target='stingray'):
+    model = self.model(model_name)
+    image = self.images().images[:1]
+    target_index = model.class_index(target)
+    runs = {}
+    for number, objective in zip(numbers, ('score', 'cross_entropy')):
+      run = common.run_fooling(model, image, target_index, objective, 1.0,
+                               self.iterations(100))
+      runs[objective] = run
+      how = ('gradient ascent on the score' if objective == 'score'
+             else 'gradient descent on the cross-entropy')
+      title = f'{model_name} fooling image towards {target!r} by {how}'
+      fig = common.fooling_plot(model, run, f'Figure {number}: {title} '
+                                f'({common.weights_label(model)})')
+      status = ('fooled' if run['fooled'][0] else
+                'stalled: zero gradient' if run['stalled'][0] else 'not fooled')
+      self.save(Entry(
+          number, title,
+          f'Original, fooled image, difference (min-max rescaled) and difference x10. '
+          f'{model.class_names[run["original_predicted"][0]]} -> '
+          f'{model.class_names[run["predicted"][0]]} in {int(run["iterations"][0])} '
+          f'iterations ({status}), ||delta||_2 = {run["l2"][0]:.3g}.',
+          command=self.command('adversarial', model_name, target=target,
+                               objective=objective,
+                               **({'max_iterations': self.iterations(100)}
+                                  if self.divisor > 1 else {})),
+          numbers={'iterations': int(run['iterations'][0]), 'fooled': bool(run['fooled'][0]),
+                   'l2': float(run['l2'][0]), 'linf': float(run['linf'][0])}),
+          f'fooling_{objective}', fig)
+    score, ce = (int(runs[k]['iterations'][0]) for k in ('score', 'cross_entropy'))
+    self.entries[-1].caption += (f' Iterations: score ascent {score}, cross-entropy descent '
+                                 f'{ce} (the course report: 85 and 37).')
+
+  def class_visualizations(self, numbers, model_name, targets, what, *, init=None,
+                           init_flag='noise', **hyper):
+    """One batched run over `targets`, one figure per target."""
+    model = self.model(model_name)
+    indices = common.class_indices(model, targets)
+    hyper = {'num_iterations': 200, 'learning_rate': 5.0, 'l2_reg': 1e-3, **hyper}
+    hyper['num_iterations'] = self.iterations(hyper['num_iterations'])
+    result, seconds = common.run_class_visualization(
+        model, indices, self.seed, init=init, image_size=self.size,
+        desc=f'figures {numbers[0]}-{numbers[-1]}', **hyper)
+    images = common.to_rgb01(model, result.images)
+    titles = common.class_visualization_titles(model, indices, result,
+                                               hyper['num_iterations'])
+    flag_values = {'targets': ','.join(targets), **hyper}
+    if init_flag != 'noise':
+      flag_values['init'] = init_flag
+    command = self.command('class_visualization', model_name, **flag_values)
+    for i, (number, target) in enumerate(zip(numbers, targets)):
+      title = f'{model_name} class visualisation of {target!r} {what}'
+      fig = figures.class_visualization_figure(
+          images[i:i + 1], [titles[i]], f'Figure {number}: {title} '
+          f'({common.weights_label(model)})')
+      self.save(Entry(number, title,
+                      f'{hyper["num_iterations"]} steps, learning rate '
+                      f'{hyper["learning_rate"]:g}, l2_reg {hyper["l2_reg"]:g}, blur every 10 '
+                      f'steps (sigma 0.5), jitter up to 16 px; final target probability '
+                      f'{result.target_probability[i]:.3g}, predicted '
+                      f'{model.class_names[result.predicted[i]]!r} ({seconds:.1f} s for '
+                      f'{len(targets)} image(s) optimised together).',
+                      command=command,
+                      numbers={'target_probability': float(result.target_probability[i]),
+                               'predicted': model.class_names[result.predicted[i]]}),
+                f'class_{model_name}_{target.replace(" ", "_")}', fig)
+
+  def from_photo(self, numbers, model_name, learning_rate):
+    photo = common.load_init(f'samples:{PHOTO}', self.size)
+    self.save(Entry(numbers[0], f'the photo the visualisation of figure {numbers[1]} '
+                    'starts from',
+                    f'Bundled sample photo {PHOTO!r} (ImageNet class {PHOTO_CLASS!r}); the '
+                    'course report used an ImageNet photo of a Tibetan mastiff.',
+                    command=f'(input of figure {numbers[1]})'),
+              f'photo_{PHOTO}', figures.class_visualization_figure(
+                  photo / 255.0, [f'{PHOTO} ({PHOTO_CLASS})'], f'Figure {numbers[0]}'))
+    self.class_visualizations(numbers[1:], model_name, (PHOTO_CLASS,),
+                              f'from the photo, lr {learning_rate:g}', init=photo,
+                              init_flag=f'samples:{PHOTO}', num_iterations=1000,
+                              learning_rate=learning_rate)
+
+  def run(self):
+    plan = [
+        ('squeezenet1_1', (1, 2), 'saliency', lambda: (
+            self.saliency(1, 'squeezenet1_1', 'score'),
+            self.saliency(2, 'squeezenet1_1', 'cross_entropy'))),
+        ('vgg16', (3, 4), 'VGG16 saliency', lambda: (
+            self.saliency(3, 'vgg16', 'score'), self.saliency(4, 'vgg16', 'cross_entropy'))),
+        ('squeezenet1_1', (5, 6), 'fooling images', self.fooling),
+        ('squeezenet1_1', (7, 8, 9, 10), 'class visualisation from noise',
+         lambda: self.class_visualizations((7, 8, 9, 10), 'squeezenet1_1', NOISE_TARGETS,
+                                           'from noise (course defaults)')),
+        ('squeezenet1_1', (11, 12), 'class visualisation sweep',
+         lambda: self.class_visualizations(
+             (11, 12), 'squeezenet1_1', SWEEP_TARGETS, 'from noise, lr 2, l2_reg 0.1',
+             num_iterations=2000, learning_rate=2.0, l2_reg=0.1)),
+        ('squeezenet1_1', (13, 14), 'class visualisation from a photo',
+         lambda: self.from_photo((13, 14), 'squeezenet1_1', 0.1)),
+        ('vgg16', (15, 16), 'VGG16 class visualisation from a photo',
+         lambda: self.from_photo((15, 16), 'vgg16', 0.5)),
+    ]
+    for model_name, numbers, title, make in plan:
+      label = f'figures {numbers[0]}-{numbers[-1]}'
+      if model_name not in self.models:
+        print(f'{label}: {title}: skipped ({model_name} not in --models)', flush=True)
+        self.skip(numbers, title, model_name)
+        continue
+      print(f'{label}: {title} ({model_name}) ...', flush=True)
+      start = time.perf_counter()
+      make()
+      print(f'{label}: done in {time.perf_counter() - start:.1f} s', flush=True)
+    self.entries.sort(key=lambda e: e.number)
+
+  # The index ----------------------------------------------------------------------------
+
+  def random_models(self) -> list[str]:
+    return [n for n, m in self.loaded.items() if m.metadata.get('source') == 'random']
+
+  def header(self) -> list[str]:
+    lines = [f'Command: `{shlex.join(["python", "scripts/make_figures.py", *sys.argv[1:]])}`',
+             f'Models: {", ".join(self.loaded) or "none"}; images: {self.images_source} at '
+             f'{self.size} px; seed {self.seed}; {time.strftime("%Y-%m-%d %H:%M")}.']
+    if self.divisor > 1 or self.size != 224:
+      lines.append(f'QUICK MODE: iteration counts divided by {self.divisor} and '
+                   f'{self.size}-pixel images; a pipeline check, not the report\'s figures.')
+    random = self.random_models()
+    if random:
+      lines.append(f'WEIGHTS WERE RANDOM for {", ".join(random)} (ImageNet weights '
+                   'unavailable): these figures only check the pipeline and say nothing '
+                   'about a trained network.')
+    return lines
+
+  def write_index(self):
+    title = 'jaxviz: the figures of the course report (seed 000)'
+    md = [f'# {title}', ''] + [f'{line}  ' for line in self.header()] + ['']
+    body = [f'<h1>{html.escape(title)}</h1>'] + [
+        f'<p{" class=warn" if line.startswith(("QUICK", "WEIGHTS")) else ""}>'
+        + re.sub(r'`([^`]*)`', r'<code>\1</code>', html.escape(line)) + '</p>'
+        for line in self.header()]
+    for e in self.entries:
+      heading = f'Figure {e.number}: {e.title}'
+      md.append(f'## {heading}\n')
+      body.append(f'<h2 id="fig{e.number}">{html.escape(heading)}</h2>')
+      if e.skipped:
+        md.append(f'Skipped: {e.skipped}.\n')
+        body.append(f'<p><em>Skipped: {html.escape(e.skipped)}.</em></p>')
+        continue
+      md += [f'![{heading}]({e.file})\n', f'{e.caption}\n', f'`{e.command}`\n']
+      body += [f'<figure><img src="{html.escape(e.file)}" alt="{html.escape(heading)}">',
+               f'<figcaption>{html.escape(e.caption)}</figcaption></figure>',
+               f'<p><code>{html.escape(e.command)}</code></p>']
+    page = ('<!doctype html>\n<html><head><meta charset="utf-8">'
+            f'<title>{html.escape(title)}</title><style>'
+            'body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}'
+            'img{max-width:100%}.warn{color:#a00;font-weight:bold}'
+            'code{background:#eee;padding:2px 4px}</style></head><body>\n'
+            + '\n'.join(body) + '\n</body></html>\n')
+    for name, text in (('index.html', page), ('index.md', '\n'.join(md))):
+      jaxviz.checkpoint.atomic_write(os.path.join(self.out, name),
+                                     lambda f, text=text: f.write(text.encode()))
+    summary = {f'figure{e.number}': dataclasses.asdict(e) for e in self.entries}
+    jaxviz.checkpoint.atomic_write(os.path.join(self.out, 'summary.json'), lambda f: f.write(
+        json.dumps(summary, indent=2, default=str).encode()))
+
+
+@common.one_line_errors
+def main(argv):
+  del argv
+  common.enable_compilation_cache()
+  unknown = sorted(set(_MODELS.value) - {'squeezenet1_1', 'vgg16'})
+  if unknown:
+    raise jaxviz.InputError(f'--models: the report uses squeezenet1_1 and vgg16, not {unknown}')
+  maker = Maker(_WEIGHTS.value, _MODELS.value, _QUICK.value, _IMAGES.value, _SEED.value,
+                _OUTPUT_DIR.value, _IMAGE_SIZE.value, _DIVISOR.value)
+  start = time.perf_counter()
+  maker.run()
+  maker.write_index()
+  if maker.loaded:
+    first = next(iter(maker.loaded.values()))
+    common.write_manifest(maker.out, common.script_flags(), first,
+                          models={n: {k: v for k, v in m.metadata.items() if k != 'class_names'}
+                                  for n, m in maker.loaded.items()},
+                          seconds=round(time.perf_counter() - start, 1))
+  made = sum(1 for e in maker.entries if not e.skipped)
+  print(f'{made} figures ({len(maker.entries) - made} skipped) in '
+        f'{time.perf_counter() - start:.0f} s: {os.path.join(maker.out, "index.html")}')
+  for line in maker.header()[2:]:
+    print(f'note: {line}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,218 @@
+"""The absl scripts end to end, as subprocesses: outputs, their shapes, manifests, and
+one-line errors for bad input.
+
+Every run uses random weights and tiny settings. The runs go two at a time (they are
+independent), after one warm-up run that fills a shared XLA compilation cache with the
+model's init programs, which every later run reads instead of compiling them again
+(~13 s each on CPU otherwise).
+"""
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import jaxviz
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 600
+
+
+def _env(cache_dir: str) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache_dir,
+             JAXVIZ_CACHE=os.path.join(cache_dir, 'jaxviz'))
+  # These runs take a few steps on tiny images: compile time is all there is, and XLA's
+  # backend optimisations double it for no gain here.
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
+  return env
+
+
+class _Runs:
+  """Runs scripts two at a time in the background; `result(name)` waits for one.
+
+  Two, because the machines that run these tests have two cores: more processes at once
+  only fight over them (XLA compiles and runs multi-threaded).
+  """
+
+  def __init__(self, env, workers: int = 2):
+    self.env, self.futures = env, {}
+    self.pool = concurrent.futures.ThreadPoolExecutor(workers)
+
+  def start(self, name: str, script: str, *args: str):
+    self.futures[name] = self.pool.submit(
+        subprocess.run, [sys.executable, os.path.join('scripts', f'{script}.py'), *args],
+        cwd=REPO, env=self.env, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+  def result(self, name: str) -> subprocess.CompletedProcess:
+    return self.futures[name].result()
+
+  def stop(self):
+    self.pool.shutdown(cancel_futures=True)
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('inputs')
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+  # A class name and an index: .npz labels may be either.
+  np.savez(root / 'two.npz', images=images, labels=np.array(['tabby', '7']))
+  np.savez(root / 'gray.npz', images=images[..., 0])
+  (root / 'empty').mkdir()
+  return {'npz': str(root / 'two.npz'), 'gray': str(root / 'gray.npz'),
+          'empty': str(root / 'empty'), 'images': images}
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, inputs):
+  out = tmp_path_factory.mktemp('outputs')
+  runs = _Runs(_env(str(tmp_path_factory.mktemp('xla_cache'))))
+  common = ['--weights=random', '--image_size=64']
+  # First the run that loads the model (filling the cache) and then fails on the class
+  # name, beside errors that come before any model is loaded.
+  runs.start('unknown_target', 'adversarial', *common, f'--images={inputs["npz"]}',
+             '--target=stingrayy')
+  runs.start('empty_folder', 'saliency', *common, f'--images={inputs["empty"]}')
+  runs.start('grayscale_npz', 'saliency', *common, f'--images={inputs["gray"]}')
+  runs.start('unknown_sample', 'class_visualization', *common, '--init=samples:nosuch')
+  runs.result('unknown_target')
+  # --quick, and smaller still: 1 to 10 steps per run on 32-pixel images. The longest
+  # run, so it goes first.
+  runs.start('make_figures', 'make_figures', '--quick', '--models=squeezenet1_1',
+             '--weights=random', '--image_size=32', '--iterations_divisor=200',
+             f'--output_dir={out / "figures"}')
+  runs.start('saliency', 'saliency', *common, f'--images={inputs["npz"]}', '--seed=3',
+             f'--output_dir={out / "saliency"}')
+  runs.start('adversarial', 'adversarial', *common, f'--images={inputs["npz"]}',
+             '--num_images=0', '--max_iterations=3', '--objective=cross_entropy',
+             f'--output_dir={out / "adversarial"}')
+  runs.start('class_visualization', 'class_visualization', *common, '--targets=tarantula,3',
+             '--num_iterations=4', '--snapshot_every=2', '--optimizer=adam',
+             f'--init={inputs["npz"]}', f'--output_dir={out / "class_visualization"}')
+  runs.start('too_many_labels', 'saliency', *common, f'--images={inputs["npz"]}',
+             '--labels=tabby,gorilla,tarantula')
+  runs.out = out
+  yield runs
+  runs.stop()
+
+
+def _ok(runs, name):
+  result = runs.result(name)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _manifest(folder):
+  with open(os.path.join(folder, 'manifest.json')) as f:
+    return json.load(f)
+
+
+def _png_size(path):
+  with Image.open(path) as image:
+    assert image.format == 'PNG'
+    return image.size
+
+
+def _class(name: str) -> int:
+  return jaxviz.imagenet_class_names().index(name)
+
+
+def test_saliency_writes_maps_figure_and_manifest(runs, inputs):
+  result = _ok(runs, 'saliency')
+  folder = runs.out / 'saliency'
+  width, height = _png_size(folder / 'saliency.png')
+  assert height > width  # 2 images: two columns of (image over map)
+  with np.load(folder / 'results.npz') as r:
+    assert np.array_equal(r['images'], inputs['images'])
+    assert r['maps'].shape == (2, 64, 64) and np.isfinite(r['maps']).all()
+    assert (r['maps'] >= 0).all()
+    # The labels came from the .npz: a name and an index.
+    assert r['labels'].tolist() == [_class('tabby'), 7]
+  manifest = _manifest(folder)
+  assert manifest['flags']['seed'] == 3 and manifest['flags']['objective'] == 'score'
+  assert manifest['flags']['images'] == inputs['npz']
+  assert manifest['weights']['source'] == 'random'
+  assert manifest['timings']['second_call_s'] >= 0
+  assert 'tabby' in result.stdout
+
+
+def test_adversarial_records_a_consistent_perturbation(runs, inputs):
+  result = _ok(runs, 'adversarial')
+  folder = runs.out / 'adversarial'
+  _png_size(folder / 'fooling.png')
+  with np.load(folder / 'results.npz') as r:
+    assert r['original'].shape == r['fooled'].shape == (2, 64, 64, 3)
+    assert np.allclose(r['original'], jaxviz.preprocess(inputs['images']), atol=1e-6)
+    assert ((0 <= r['iterations']) & (r['iterations'] <= 3)).all()
+    # The recorded norms are those of the saved images' difference.
+    delta = (r['fooled'] - r['original']).reshape(2, -1)
+    np.testing.assert_allclose(r['l2'], np.linalg.norm(delta, axis=1), rtol=1e-4, atol=1e-5)
+    target = _class('stingray')
+    assert (r['target'] == target).all()
+    assert np.array_equal(r['success'], r['predicted'] == target)
+    assert r['fooled_uint8'].dtype == np.uint8
+  manifest = _manifest(folder)
+  assert manifest['flags']['max_iterations'] == 3 and manifest['flags']['seed'] == 0
+  assert manifest['flags']['objective'] == 'cross_entropy'
+  assert 'image0:' in result.stdout and 'image1:' in result.stdout  # a line per image
+
+
+def test_class_visualization_from_images_with_adam_and_snapshots(runs):
+  result = _ok(runs, 'class_visualization')
+  folder = runs.out / 'class_visualization'
+  for png in ('class_visualization.png', 'probability.png', 'snapshots.png'):
+    _png_size(folder / png)
+  with np.load(folder / 'results.npz') as r:
+    assert r['images'].shape == r['normalised'].shape == (2, 64, 64, 3)
+    assert 0 <= r['images'].min() and r['images'].max() <= 1
+    low, high = jaxviz.valid_range()
+    assert (r['normalised'] >= low - 1e-5).all() and (r['normalised'] <= high + 1e-5).all()
+    assert r['targets'].tolist() == [_class('tarantula'), 3]
+    assert r['probability_trace'].shape == (2, 4)
+    assert r['snapshots'].shape == (2, 2, 64, 64, 3)
+    assert r['init'].shape == (2, 64, 64, 3)
+  assert _manifest(folder)['flags']['optimizer'] == 'adam'
+  # The progress bar counted the 4 steps once each (not once per image).
+  assert '4/4' in result.stderr and '8/4' not in result.stderr
+
+
+def test_make_figures_quick_indexes_every_figure(runs):
+  result = _ok(runs, 'make_figures')
+  folder = runs.out / 'figures'
+  with open(folder / 'index.md') as f:
+    index = f.read()
+  with open(folder / 'index.html') as f:
+    page = f.read()
+  for n in range(1, 17):
+    assert f'## Figure {n}:' in index
+  made = [1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+  for n in made:
+    (png,) = [p for p in os.listdir(folder) if p.startswith(f'fig{n:02d}_')]
+    assert f'src="{png}"' in page
+    assert os.path.getsize(folder / png) < 400_000
+  assert index.count('Skipped: vgg16 is not in --models') == 4  # figures 3, 4, 15, 16
+  assert 'WEIGHTS WERE RANDOM' in index and 'QUICK MODE' in page
+  assert 'scripts/class_visualization.py' in index  # each figure names its command
+  for label in ('figures 1-2', 'figures 5-6', 'figures 7-10', 'figures 13-14'):
+    assert label in result.stdout  # progress per figure
+  assert _manifest(folder)['flags']['quick'] is True
+
+
+@pytest.mark.parametrize('name, message', [
+    ('unknown_target', "unknown class 'stingrayy'"),
+    ('empty_folder', 'no image files'),
+    ('grayscale_npz', 'expected (N, H, W, 3) RGB'),
+    ('too_many_labels', '--labels has 3 classes for 2 images'),
+    ('unknown_sample', "no sample photo 'nosuch'"),
+])
+def test_bad_input_is_a_one_line_error(runs, name, message):
+  result = runs.result(name)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-2000:]
+  assert message in lines[0]
