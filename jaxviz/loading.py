@@ -153,6 +153,7 @@ def load_model(name: str, weights: str = 'imagenet', *, seed: int = 0,
     if metadata.get('model') != name:
       raise WeightsError(f'{path} holds weights for {metadata.get("model")!r}, '
                          f'not {name!r}')
+    metadata = dict(metadata, file=os.path.abspath(path))
     class_names = tuple(metadata['class_names'])
     mean, std = tuple(metadata['mean']), tuple(metadata['std'])
     module = models.build_abstract(name, num_classes=len(class_names))

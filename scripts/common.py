@@ -59,6 +59,8 @@ def write_manifest(output_dir: str, flags_dict: dict, model: jaxviz.Model, **ext
       'python': platform.python_version(), 'devices': [str(d) for d in jax.devices()],
       'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'), **extra}
   manifest['weights'] = {k: v for k, v in model.metadata.items() if k != 'class_names'}
+  if 'file' in model.metadata:  # the converted file this run read, hashed
+    manifest['weights']['file_sha256'] = jaxviz.checkpoint.sha256_file(model.metadata['file'])
   path = os.path.join(output_dir, 'manifest.json')
   jaxviz.checkpoint.atomic_write(path, lambda f: f.write(
       json.dumps(manifest, indent=2, default=str).encode()))

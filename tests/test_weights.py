@@ -40,6 +40,7 @@ def test_cli_converts_and_loads(squeezenet_pth, tmp_path):
   assert proc.returncode == 0, proc.stderr
   model = jaxviz.load_model('squeezenet1_1', out)
   assert model.metadata['source_sha256'] == checkpoint.sha256_file(pth)
+  assert model.metadata['file'] == os.path.abspath(out)
   assert model.class_names == jaxviz.imagenet_class_names()
   assert model.mean == jaxviz.IMAGENET_MEAN and model.std == jaxviz.IMAGENET_STD
   x = np.random.default_rng(0).standard_normal((2, 3, 225, 250)).astype(np.float32)
