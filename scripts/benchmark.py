@@ -1,0 +1,354 @@
+"""jaxviz against the course's PyTorch eager code, in one process, on this machine.
+
+  python scripts/benchmark.py [--models=squeezenet1_1,vgg16] [--repeats=3] [--quick]
+      [--threads=N] [--output_json=outputs/benchmark.json]
+
+Both sides get the same random-init torchvision weights (float32, converted for jaxviz)
+and the same inputs. Measured, alternating jaxviz and torch calls so that machine drift
+hits both alike (medians of --repeats rounds, after one warm-up call each):
+
+  1. the three methods: saliency of a batch (one batched backward in torch, as the
+     course), fooling with a fixed step count (a learning rate so small that nothing
+     flips; torch one image at a time, as the course), class visualisation with jitter,
+     blur and clamp (torch: tests/torch_course.py, jitters drawn with python `random`);
+  2. the achieved FLOP rate of one input-gradient step (saliency of one image): FLOPs
+     from XLA's cost analysis of the compiled jaxviz program, over measured time, as a
+     share of this machine's float32 GEMM rate (a large matmul timed here, best of jax
+     and torch);
+  3. the gradient step's throughput (images/s) against batch size.
+
+Memory: "max RSS" is the process's peak resident set (getrusage) after a workload's first
+calls; it never goes down, so its growth is attributable to a workload only when that
+workload sets a new peak. Prints fixed-width tables; writes JSON to --output_json.
+"""
+
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'tests'))  # torch_course: the course's algorithms
+sys.path.insert(0, REPO)  # weights_convert
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jaxviz  # noqa: E402
+from jaxviz.methods import saliency as saliency_module  # noqa: E402
+import common  # noqa: E402,F401  (absl logging verbosity)
+
+_MODELS = flags.DEFINE_list('models', ['squeezenet1_1', 'vgg16'], 'Architectures.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Side of the square inputs.')
+_SALIENCY_BATCH = flags.DEFINE_integer('saliency_batch', 25, 'Images per saliency call.')
+_FOOLING_IMAGES = flags.DEFINE_integer('fooling_images', 5, 'Images per fooling call.')
+_FOOLING_STEPS = flags.DEFINE_integer('fooling_steps', 10, 'Steps per fooling image.')
+_FOOLING_LR = flags.DEFINE_float(
+    'fooling_lr', 1e-6, 'Fooling step length: small, so that no image flips early and both '
+    'sides take exactly --fooling_steps steps.')
+_CLASSVIZ_STEPS = flags.DEFINE_integer('classviz_steps', 100, 'Class visualisation steps.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median) after the warm-up.')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '4', '16', '64'],
+                                 'Batch sizes of the gradient-step throughput.')
+_GEMM_SIZE = flags.DEFINE_integer('gemm_size', 2048, 'n of the n x n x n GEMM reference.')
+_QUICK = flags.DEFINE_bool(
+    'quick', False, 'Smoke test: 64x64 images, 1 repeat, 5 class-visualisation steps, 2 '
+    'fooling images of 2 steps, batch sizes 1,4, saliency batch 4, GEMM 512.')
+_THREADS = flags.DEFINE_integer('threads', None, 'torch.set_num_threads (default: '
+                                "torch's own).")
+_OMP_WAIT_POLICY = flags.DEFINE_enum(
+    'omp_wait_policy', None, ['ACTIVE', 'PASSIVE'], "Sets $OMP_WAIT_POLICY for torch's "
+    'OpenMP threads before torch loads (default: left as it is). With other processes on '
+    "the cores, OpenMP's spinning threads can slow torch many-fold; PASSIVE avoids that.")
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and inputs.')
+_OUTPUT_JSON = flags.DEFINE_string('output_json', os.path.join('outputs', 'benchmark.json'),
+                                   'Where the results go (JSON).')
+
+
+def max_rss_mib() -> float:
+  """The process's peak resident set so far (Linux reports KiB, macOS bytes)."""
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return rss / (2**20 if sys.platform == 'darwin' else 2**10)
+
+
+def timed(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def compare(jax_fn, torch_fn, repeats: int) -> dict:
+  """First calls (jaxviz's compiles), then `repeats` alternating rounds; medians.
+
+  Both functions must block until their result is computed.
+  """
+  rss0 = max_rss_mib()
+  jax_first = timed(jax_fn)
+  rss_jax = max_rss_mib()
+  torch_first = timed(torch_fn)  # warm-up (allocator, oneDNN primitive caches)
+  rss_torch = max_rss_mib()
+  jax_times, torch_times = [], []
+  for _ in range(repeats):
+    jax_times.append(timed(jax_fn))
+    torch_times.append(timed(torch_fn))
+  jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
+  return {
+      'jax_s': jax_s, 'torch_s': torch_s, 'speedup': torch_s / jax_s,
+      'jax_first_call_s': jax_first, 'torch_first_call_s': torch_first,
+      'jax_times_s': jax_times, 'torch_times_s': torch_times,
+      'max_rss_mib_after_jax_first': rss_jax, 'max_rss_growth_mib_jax_first': rss_jax - rss0,
+      'max_rss_mib_after_torch_first': rss_torch,
+      'max_rss_growth_mib_torch_first': rss_torch - rss_jax,
+  }
+
+
+def build_models(name: str, seed: int, directory: str):
+  """The same random-init weights as a float32 torchvision model and a jaxviz Model."""
+  import torch
+  import torchvision
+  import weights_convert
+  torch.manual_seed(seed)
+  tmodel = torchvision.models.get_model(name, weights=None).eval().float()
+  for p in tmodel.parameters():
+    p.requires_grad_(False)  # only input gradients, as jaxviz computes
+  path = os.path.join(directory, f'{name}_seed{seed}.npz')
+  params = weights_convert.convert_state_dict(name, tmodel.state_dict())
+  jaxviz.checkpoint.save(path, params, {
+      'model': name, 'source': 'random-init torchvision (benchmark)', 'source_sha256': '',
+      'class_names': list(jaxviz.imagenet_class_names()),
+      'mean': list(jaxviz.IMAGENET_MEAN), 'std': list(jaxviz.IMAGENET_STD)})
+  return tmodel, jaxviz.load_model(name, path)
+
+
+def to_torch(x_nhwc):
+  import torch
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(x_nhwc).transpose(0, 3, 1, 2)))
+
+
+def gemm_rate(n: int, repeats: int) -> dict:
+  """float32 n x n @ n x n: best-of-`repeats` GFLOP/s in jax and in torch."""
+  import torch
+  a = np.random.default_rng(0).standard_normal((n, n), np.float32)
+  b = np.random.default_rng(1).standard_normal((n, n), np.float32)
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  mm = jax.jit(jnp.matmul)
+  mm(ja, jb).block_until_ready()
+  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+  torch.mm(ta, tb)
+  jax_t, torch_t = [], []
+  for _ in range(max(repeats, 3)):
+    jax_t.append(timed(lambda: mm(ja, jb).block_until_ready()))
+    torch_t.append(timed(lambda: torch.mm(ta, tb)))
+  flops = 2.0 * n**3
+  jax_rate, torch_rate = flops / min(jax_t) / 1e9, flops / min(torch_t) / 1e9
+  return {'n': n, 'jax_gflops': jax_rate, 'torch_gflops': torch_rate,
+          'best_gflops': max(jax_rate, torch_rate)}
+
+
+def xla_flops(compiled) -> float:
+  """'flops' from a compiled program's cost analysis (a dict, or a list of dicts in some
+  jax versions); NaN when the backend reports none."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', float('nan')))
+
+
+def targets_with_gradient(logits: np.ndarray) -> np.ndarray:
+  """Per image, the runner-up class: a positive score (so a non-zero gradient; SqueezeNet
+  scores exactly 0 after its last ReLU for many classes) that is not already the argmax,
+  so fooling steps run rather than stop at once."""
+  order = np.argsort(-logits, axis=-1)
+  targets = order[:, 1]
+  scores = np.take_along_axis(logits, targets[:, None], 1)[:, 0]
+  if not np.all(scores > 0):
+    raise RuntimeError(f'no class with a positive runner-up score: {scores}')
+  return targets.astype(np.int32)
+
+
+def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
+  import torch
+  import torch_course
+  tmodel, model = build_models(name, cfg['seed'], directory)
+  params, apply = model.params, model.apply
+  size, repeats = cfg['image_size'], cfg['repeats']
+  rng = np.random.default_rng(cfg['seed'])
+  images = lambda n: rng.standard_normal((n, size, size, 3), np.float32)
+  wait = jax.block_until_ready
+  out = {'workloads': {}}
+
+  # Both sides must compute the same function.
+  probe = images(2)
+  with torch.inference_mode():
+    t_logits = tmodel(to_torch(probe)).numpy()
+  j_logits = np.asarray(jax.jit(apply)(params, probe))
+  out['logits_rel_err'] = float(np.linalg.norm(j_logits - t_logits) /
+                                np.linalg.norm(t_logits))
+
+  # 1a. Saliency of a batch.
+  x = images(cfg['saliency_batch'])
+  labels = rng.integers(0, model.num_classes, len(x)).astype(np.int32)
+  tx, ty = to_torch(x), torch.from_numpy(labels.astype(np.int64))
+  out['workloads']['saliency'] = dict(compare(
+      lambda: wait(jaxviz.saliency_maps(apply, params, x, labels)),
+      lambda: torch_course.saliency(tmodel, tx, ty), repeats), images=len(x))
+
+  # 1b. Fooling, a fixed number of steps per image.
+  x = images(cfg['fooling_images'])
+  targets = targets_with_gradient(np.asarray(jax.jit(apply)(params, x)))
+  steps, lr = cfg['fooling_steps'], cfg['fooling_lr']
+  tx = to_torch(x)
+
+  def jax_fooling():
+    r = wait(jaxviz.fooling_images(apply, params, x, targets, learning_rate=lr,
+                                   max_iterations=steps))
+    assert np.all(np.asarray(r.iterations) == steps), f'jaxviz took {r.iterations} steps'
+
+  def torch_fooling():
+    for i in range(len(x)):
+      _, it = torch_course.make_fooling_image(tmodel, tx[i:i + 1], int(targets[i]),
+                                              learning_rate=lr, max_iter=steps)
+      assert it == steps, f'torch took {it} steps, not {steps}'
+
+  out['workloads']['fooling'] = dict(compare(jax_fooling, torch_fooling, repeats),
+                                     images=len(x), steps=steps)
+
+  # 1c. Class visualisation: one target, jitter + blur + clamp, course defaults otherwise.
+  steps, target = cfg['classviz_steps'], 76
+  low, high = (np.asarray(v) for v in jaxviz.valid_range())
+  key = jax.random.key(cfg['seed'])
+
+  def jax_classviz():
+    wait(jaxviz.class_visualization(apply, params, [target], key,
+                                    image_shape=(size, size, 3), num_iterations=steps,
+                                    clamp=(low, high)).images)
+
+  def torch_classviz():
+    init = torch.randn(1, 3, size, size)
+    jitters = [(random.randint(0, 16), random.randint(0, 16)) for _ in range(steps)]
+    torch_course.create_class_visualization(tmodel, target, init, num_iterations=steps,
+                                            jitters=jitters, low=low, high=high)
+
+  out['workloads']['class_visualization'] = dict(
+      compare(jax_classviz, torch_classviz, repeats), images=1, steps=steps)
+
+  # 2 + 3. The input-gradient step (saliency of B images) against batch size, with its
+  # FLOP count from XLA's cost analysis of the very program saliency_maps runs.
+  out['gradient_step'] = []
+  for b in cfg['batch_sizes']:
+    x = images(b)
+    labels = rng.integers(0, model.num_classes, b).astype(np.int32)
+    tx, ty = to_torch(x), torch.from_numpy(labels.astype(np.int64))
+    r = compare(lambda: wait(jaxviz.saliency_maps(apply, params, x, labels)),
+                lambda: torch_course.saliency(tmodel, tx, ty), repeats)
+    # After the timed calls, so that the first call above is the one that compiles
+    # (lower + compile of the same arguments then hits jax's cache).
+    flops = xla_flops(saliency_module._saliency_maps.lower(
+        apply, params, jnp.asarray(x), jnp.asarray(labels), 'score').compile())
+    row = {'batch': b, 'flops': flops,
+           'jax_images_per_s': b / r['jax_s'], 'torch_images_per_s': b / r['torch_s'],
+           'jax_gflops': flops / r['jax_s'] / 1e9, 'torch_gflops': flops / r['torch_s'] / 1e9,
+           **r}
+    row['jax_pct_of_gemm'] = 100 * row['jax_gflops'] / gemm['best_gflops']
+    row['torch_pct_of_gemm'] = 100 * row['torch_gflops'] / gemm['best_gflops']
+    out['gradient_step'].append(row)
+  return out
+
+
+def cpu_model() -> str:
+  """/proc/cpuinfo's model name (Linux), where platform.processor() is often empty."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), '')
+  except OSError:
+    return ''
+
+
+def machine_info(torch) -> dict:
+  import importlib.metadata as md
+  return {
+      'processor': platform.processor(), 'cpu_model': cpu_model(),
+      'machine': platform.machine(),
+      'platform': platform.platform(), 'cpu_count': os.cpu_count(),
+      'python': platform.python_version(),
+      'jax': jax.__version__, 'jaxlib': md.version('jaxlib'), 'torch': torch.__version__,
+      'torch_threads': torch.get_num_threads(), 'devices': [str(d) for d in jax.devices()],
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', ''),
+      'load_average': os.getloadavg(),
+      'time': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+  }
+
+
+def print_tables(results: dict):
+  gemm = results['gemm']
+  m = results['machine']
+  print(f"{m['cpu_model'] or m['processor']}, {m['cpu_count']} CPUs, jax {m['jax']}, torch "
+        f"{m['torch']} ({m['torch_threads']} threads), load average {m['load_average'][0]:.2f}")
+  print(f"\nGEMM float32 {gemm['n']}^3: jax {gemm['jax_gflops']:.1f} GFLOP/s, torch "
+        f"{gemm['torch_gflops']:.1f} GFLOP/s (reference: {gemm['best_gflops']:.1f})")
+  for name, r in results['models'].items():
+    print(f"\n{name} (logits rel. err jax vs torch {r['logits_rel_err']:.1e})")
+    print(f"{'workload':<34}{'jax s':>10}{'torch s':>10}{'torch/jax':>11}"
+          f"{'jax 1st s':>11}{'maxRSS MiB':>12}")
+    for w, m in r['workloads'].items():
+      label = f"{w} ({m['images']} im" + (f", {m['steps']} steps)" if 'steps' in m else ')')
+      print(f"{label:<34}{m['jax_s']:>10.4f}{m['torch_s']:>10.4f}{m['speedup']:>10.2f}x"
+            f"{m['jax_first_call_s']:>11.2f}{m['max_rss_mib_after_torch_first']:>12.0f}")
+    print(f"\n{'grad step batch':<16}{'GFLOP/im':>9}{'jax im/s':>10}{'torch im/s':>11}"
+          f"{'torch/jax':>10}{'jax GF/s':>10}{'jax %GEMM':>10}{'torch %GEMM':>12}"
+          f"{'jax 1st s':>10}")
+    for g in r['gradient_step']:
+      print(f"{g['batch']:<16}{g['flops'] / g['batch'] / 1e9:>9.2f}"
+            f"{g['jax_images_per_s']:>10.1f}{g['torch_images_per_s']:>11.1f}"
+            f"{g['speedup']:>9.2f}x{g['jax_gflops']:>10.1f}{g['jax_pct_of_gemm']:>9.0f}%"
+            f"{g['torch_pct_of_gemm']:>11.0f}%{g['jax_first_call_s']:>10.2f}")
+  print('\nmaxRSS: the process peak after the workload (jax and torch first calls); '
+        'cumulative, not per workload.')
+
+
+@common.one_line_errors
+def main(argv):
+  del argv
+  if _OMP_WAIT_POLICY.value:
+    os.environ['OMP_WAIT_POLICY'] = _OMP_WAIT_POLICY.value
+  import torch
+  if _THREADS.value:
+    torch.set_num_threads(_THREADS.value)
+  quick = _QUICK.value
+  cfg = {
+      'image_size': 64 if quick else _IMAGE_SIZE.value,
+      'repeats': 1 if quick else _REPEATS.value,
+      'saliency_batch': 4 if quick else _SALIENCY_BATCH.value,
+      'fooling_images': 2 if quick else _FOOLING_IMAGES.value,
+      'fooling_steps': 2 if quick else _FOOLING_STEPS.value,
+      'fooling_lr': _FOOLING_LR.value,
+      'classviz_steps': 5 if quick else _CLASSVIZ_STEPS.value,
+      'batch_sizes': [1, 4] if quick else [int(b) for b in _BATCH_SIZES.value],
+      'gemm_size': 512 if quick else _GEMM_SIZE.value,
+      'seed': _SEED.value, 'quick': quick,
+  }
+  results = {'machine': machine_info(torch), 'config': cfg, 'models': {}}
+  results['gemm'] = gemm_rate(cfg['gemm_size'], cfg['repeats'])
+  with tempfile.TemporaryDirectory() as directory:
+    for name in _MODELS.value:
+      results['models'][name] = bench_model(name, cfg, directory, results['gemm'])
+  results['gemm_after'] = gemm_rate(cfg['gemm_size'], cfg['repeats'])  # drift check
+  print_tables(results)
+  print(f"(GEMM re-measured at the end: jax {results['gemm_after']['jax_gflops']:.1f}, "
+        f"torch {results['gemm_after']['torch_gflops']:.1f} GFLOP/s)")
+  jaxviz.checkpoint.atomic_write(_OUTPUT_JSON.value, lambda f: f.write(
+      json.dumps(results, indent=2, default=str).encode()))
+  print(f'wrote {_OUTPUT_JSON.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)

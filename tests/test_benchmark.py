@@ -1,0 +1,58 @@
+"""scripts/benchmark.py --quick end to end: it runs and writes the JSON it promises.
+
+Only the shape of the results is checked (keys, positive numbers), never speed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip('torch')  # the benchmark compares against torch: the [test] extra
+pytest.importorskip('torchvision')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKLOADS = ('saliency', 'fooling', 'class_visualization')
+
+
+def _positive(value) -> bool:
+  return isinstance(value, (int, float)) and value > 0
+
+
+def test_quick_benchmark_writes_results(tmp_path):
+  output = tmp_path / 'benchmark.json'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # Compile time is all a --quick run spends: XLA's backend optimisations double it for
+  # nothing here. PASSIVE: torch's OpenMP threads sleep rather than spin, which keeps
+  # torch from slowing many-fold when other tests share the cores.
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
+  env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+  proc = subprocess.run(
+      [sys.executable, os.path.join('scripts', 'benchmark.py'), '--quick',
+       '--models=squeezenet1_1', f'--output_json={output}'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'squeezenet1_1' in proc.stdout
+
+  results = json.loads(output.read_text())
+  assert set(results) >= {'machine', 'config', 'gemm', 'models'}
+  assert results['machine']['cpu_count'] >= 1 and results['machine']['devices']
+  assert _positive(results['gemm']['jax_gflops']) and _positive(results['gemm']['torch_gflops'])
+
+  model = results['models']['squeezenet1_1']
+  assert model['logits_rel_err'] < 1e-3  # both sides compute the same network
+  assert set(model['workloads']) == set(WORKLOADS)
+  for name in WORKLOADS:
+    w = model['workloads'][name]
+    for key in ('jax_s', 'torch_s', 'speedup', 'jax_first_call_s',
+                'max_rss_mib_after_torch_first'):
+      assert _positive(w[key]), (name, key, w[key])
+
+  steps = model['gradient_step']
+  assert [s['batch'] for s in steps] == results['config']['batch_sizes']
+  for s in steps:
+    for key in ('flops', 'jax_images_per_s', 'torch_images_per_s', 'jax_gflops',
+                'jax_pct_of_gemm', 'torch_pct_of_gemm'):
+      assert _positive(s[key]), (s['batch'], key, s[key])
