@@ -284,7 +284,7 @@ def test_methods_compile_once(model, images):
     call()
     after_first = len(traces)
     call()
-    assert len(traces) == after_first  # eval_shape checks aside, nothing retraced
+    assert len(traces) == after_first  # nothing retraced, the eval_shape input checks included
 
 
 @pytest.mark.parametrize('call,match', [
