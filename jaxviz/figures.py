@@ -247,3 +247,139 @@ def save(fig: plt.Figure, path: str, dpi: int = DPI, max_bytes: int | None = 300
     png = buffer.getvalue()
   checkpoint.atomic_write(path, lambda f: f.write(png))
   return path
+
+
+def _curves(values, name: str) -> np.ndarray:
+  values = np.asarray(values, np.float64)
+  if values.ndim == 1:
+    values = values[None]
+  if values.ndim != 2:
+    raise InputError(f'{name} has shape {values.shape}, expected (N, T) or (T,)')
+  return values
+
+
+def _band(ax, x, values, label: str):
+  """Mean line and a +-1 std band over the rows of `values` (no band for one row)."""
+  mean = values.mean(axis=0)
+  (line,) = ax.plot(x, mean, label=label, linewidth=1.4, marker='.' if len(x) < 40 else None)
+  if len(values) > 1:
+    std = values.std(axis=0)
+    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2,
+                    linewidth=0)
+
+
+def sanity_check_figure(stages: Sequence[str], similarities, maps=None,
+                        suptitle: str = '', cmap: str = 'gray') -> plt.Figure:
+  """Adebayo et al.'s cascading-randomisation plot: similarity to the original maps
+  against the layers randomised so far, one line per metric (mean +- std over images),
+  with an optional row of example maps per stage below.
+
+  Args:
+    stages: S stage names, 'original' first, then the layers top-down (a
+      `metrics.SanityCheck`'s `stages`).
+    similarities: {metric name: (S, N) or (S,) values}, e.g. {'Spearman (abs)':
+      r.spearman_abs, 'SSIM': r.ssim}.
+    maps: optional (S, H, W) or (S, R, H, W) maps: R example rows (e.g. r.maps[:, :2]),
+      drawn as |map|, each on its own scale.
+    suptitle: figure title.
+    cmap: colormap of the maps.
+
+  Returns:
+    A Figure: the plot, then R rows of S maps.
+
+  References:
+    Adebayo et al., Sanity Checks for Saliency Maps, NeurIPS 2018.
+  """
+  stages = list(stages)
+  s = len(stages)
+  if not similarities:
+    raise InputError('similarities is empty: pass {metric name: (S, N) values}')
+  curves = {}
+  for name, values in similarities.items():
+    values = np.asarray(values, np.float64)
+    values = values[:, None] if values.ndim == 1 else values
+    if values.ndim != 2 or len(values) != s:
+      raise InputError(f'similarities[{name!r}] has shape {values.shape}, expected '
+                       f'({s}, N) for {s} stages')
+    curves[name] = values.T  # rows are images for _band
+  rows = 0
+  if maps is not None:
+    maps = np.abs(np.asarray(maps, np.float32))
+    if maps.ndim == 3:
+      maps = maps[:, None]
+    if maps.ndim != 4 or len(maps) != s:
+      raise InputError(f'maps has shape {maps.shape}, expected ({s}, H, W) or ({s}, R, H, W)')
+    rows = maps.shape[1]
+  width = max(6.0, 0.55 * s + 1.5)
+  cell = width / s
+  # Maps on top, the plot below: the columns of maps line up with the plot's stages and
+  # the long layer names sit at the bottom edge, out of the way.
+  fig = plt.figure(figsize=(width, 3.6 + rows * cell + (0.3 if suptitle else 0)),
+                   layout='constrained')
+  grid = fig.add_gridspec(rows + 1, s, height_ratios=[cell] * rows + [3.6 * 0.75])
+  for r in range(rows):
+    for j in range(s):
+      _image_axis(fig.add_subplot(grid[r, j]), maps[j, r],
+                  'all zero' if not maps[j, r].any() else None, cmap=cmap)
+  ax = fig.add_subplot(grid[rows, :])
+  x = np.arange(s)
+  for name, values in curves.items():
+    _band(ax, x, values, name)
+  ax.set_xticks(x, stages, rotation=90, fontsize=7)
+  ax.set_xlim(-0.5, s - 0.5)
+  ax.set_ylim(min(-0.05, min(float(np.nanmin(v)) for v in curves.values()) - 0.05), 1.05)
+  ax.set_ylabel('similarity to original')
+  ax.set_title('randomised from the logits down to the layer named', fontsize=9)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig
+
+
+def deletion_insertion_figure(fractions, deletion, insertion, suptitle: str = ''
+                              ) -> plt.Figure:
+  """Deletion and insertion curves side by side, one line per method (mean +- std over
+  images), with each method's mean AUC in the legend.
+
+  Args:
+    fractions: (T,) fraction of pixels deleted / inserted at each point.
+    deletion, insertion: {method name: (N, T) or (T,) probabilities of the label}, e.g.
+      {'saliency': r.deletion_curve}.
+    suptitle: figure title.
+
+  Returns:
+    A Figure of two panels (deletion: lower AUC is better; insertion: higher is better).
+
+  References:
+    Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box
+    Models, BMVC 2018.
+  """
+  fractions = np.asarray(fractions, np.float64)
+  if fractions.ndim != 1 or len(fractions) < 2:
+    raise InputError(f'fractions has shape {fractions.shape}, expected (T,) with T >= 2')
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True, layout='constrained')
+  top = 0.0
+  panels = ((axes[0], deletion, 'deletion', 'lower AUC is better'),
+            (axes[1], insertion, 'insertion', 'higher AUC is better'))
+  for ax, curves, kind, hint in panels:
+    if not curves:
+      raise InputError(f'no {kind} curves: pass {{method name: (N, T) curves}}')
+    for name, values in curves.items():
+      values = _curves(values, f'{kind}[{name!r}]')
+      if values.shape[1] != len(fractions):
+        raise InputError(f'{kind}[{name!r}] has {values.shape[1]} points, fractions '
+                         f'{len(fractions)}')
+      auc = float(np.mean(np.trapezoid(values, fractions, axis=1)))
+      _band(ax, fractions, values, f'{name} (AUC {auc:.3g})')
+      top = max(top, float(np.nanmax(values)))
+    ax.set_xlabel(f'fraction of pixels {"deleted" if kind == "deletion" else "inserted"}')
+    ax.set_title(f'{kind} ({hint})', fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+  # Probabilities of a weak or random model stay near 1 / classes: zoom in rather than
+  # draw flat lines at zero (the axes share y).
+  axes[0].set_ylim(0, 1.02 if top > 0.2 else 1.1 * top if top > 0 else 1.0)
+  axes[0].set_ylabel('probability of the label')
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig
