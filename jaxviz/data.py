@@ -142,10 +142,21 @@ def load_tfds(name: str, split: str = 'validation', num_images: int = 8, size: i
 
 
 def load_images(source: str, size: int = 224) -> ImageSet:
-  """A folder, an .npz, one image file, 'samples' (the bundled photos), or
-  'tfds:NAME[:SPLIT[:COUNT]]' (e.g. 'tfds:imagenet2012:validation:16')."""
+  """A folder, an .npz, one image file, 'samples' (the bundled photos),
+  'tfds:NAME[:SPLIT[:COUNT]]' (e.g. 'tfds:imagenet2012:validation:16'), or
+  'shapes[:COUNT[:SEED]]': generated shapes images (jaxviz.shapes, 64x64 whatever `size`;
+  default: 6 images of seed 7, of 6 different classes)."""
   if source == 'samples':
     return sample_images(size)
+  if source == 'shapes' or source.startswith('shapes:'):
+    parts = source.split(':')[1:]
+    if len(parts) > 2 or not all(p.isdigit() for p in parts):
+      raise InputError(f'expected shapes[:COUNT[:SEED]], got {source!r}')
+    count = int(parts[0]) if parts else 6
+    from jaxviz import shapes
+    generated = shapes.generate(count, int(parts[1]) if len(parts) > 1 else 7)
+    return ImageSet(generated.images, tuple(f'shape{i}' for i in range(count)),
+                    tuple(shapes.CLASS_NAMES[k] for k in generated.labels))
   if source.startswith('tfds:'):
     parts = source.split(':')[1:]
     if not parts[0] or len(parts) > 3 or (len(parts) == 3 and not parts[2].isdigit()):

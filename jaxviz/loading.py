@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import checkpoint, models
+from jaxviz import checkpoint, models, shapes, training
 from jaxviz import preprocess as pre
 from jaxviz.errors import InputError, WeightsError
 
@@ -68,6 +68,11 @@ class Model:
   def num_classes(self) -> int:
     return len(self.class_names)
 
+  @property
+  def image_size(self) -> int:
+    """The side of the square images the model was trained on (224 for ImageNet)."""
+    return int(self.metadata.get('image_size', 224))
+
   def preprocess(self, images, dtype=jnp.float32):
     return pre.preprocess(images, self.mean, self.std, dtype)
 
@@ -96,7 +101,7 @@ class Model:
   def layer_names(self) -> tuple[str, ...]:
     """Every hookable layer name, in forward order."""
     recorder = _Recorder()
-    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, self.image_size, self.image_size, 3), jnp.float32)
     jax.eval_shape(lambda p, x: self.hooked_apply(p, x, recorder), self.params, x)
     return tuple(recorder)
 
@@ -117,16 +122,21 @@ class Model:
     return logits, acts
 
 
-def load_model(name: str, weights: str = 'imagenet', *, seed: int = 0,
-               dtype=None) -> Model:
+def load_model(name: str, weights: str | None = None, *, seed: int = 0,
+               dtype=None, train_if_missing: bool = True) -> Model:
   """Loads an architecture with weights.
 
   Args:
-    name: 'squeezenet1_1', 'vgg16', ... (see jaxviz.models.ARCHITECTURES).
-    weights: a path to a file written by `python -m weights_convert`, 'imagenet' for the
-      cached converted ImageNet weights, or 'random' for seeded torchvision-style init.
-    seed: init seed when weights='random'.
+    name: 'squeezenet1_1', 'vgg16', ... (jaxviz.models.ARCHITECTURES), or 'shapes', the
+      small model jaxviz trains itself on synthetic shapes (jaxviz.training).
+    weights: a path to a file written by `python -m weights_convert` (or by
+      jaxviz.checkpoint.save), 'imagenet' for the cached converted ImageNet weights,
+      'trained' for the cached shapes model, 'random' for seeded torchvision-style init,
+      or None: 'trained' for 'shapes', 'imagenet' for the others.
+    seed: init seed when weights='random'; training seed for the shapes model.
     dtype: cast every parameter to this dtype (e.g. jnp.float64 with jax_enable_x64).
+    train_if_missing: for 'shapes' with 'trained' weights, train the model (about two
+      minutes on two CPU cores, with a progress bar) when none is cached; else fail.
 
   Returns:
     A `Model`.
@@ -136,14 +146,33 @@ def load_model(name: str, weights: str = 'imagenet', *, seed: int = 0,
       message names the key and, for 'imagenet', the command that makes the file.
   """
   models.architecture(name)  # unknown name -> one-line error
+  shapes_model = name in models.SELF_TRAINED
+  if weights is None:
+    weights = 'trained' if shapes_model else 'imagenet'
+  if weights == 'imagenet' and shapes_model:
+    raise WeightsError("the shapes model has no ImageNet weights: use weights='trained'")
+  if weights == 'trained' and not shapes_model:
+    raise WeightsError(f"'trained' weights exist only for the shapes model, not {name!r}: "
+                       "use 'imagenet', 'random' or a weights file")
   if weights == 'random':
     module = models.build(name, seed=seed)
-    class_names = imagenet_class_names()
-    metadata = {'model': name, 'source': 'random', 'seed': seed}
-    mean, std = pre.IMAGENET_MEAN, pre.IMAGENET_STD
+    if shapes_model:
+      class_names, mean, std = shapes.CLASS_NAMES, shapes.MEAN, shapes.STD
+      metadata = {'model': name, 'source': 'random', 'seed': seed,
+                  'image_size': shapes.IMAGE_SIZE}
+    else:
+      class_names, mean, std = imagenet_class_names(), pre.IMAGENET_MEAN, pre.IMAGENET_STD
+      metadata = {'model': name, 'source': 'random', 'seed': seed}
   else:
     path = weights
-    if weights == 'imagenet':
+    if weights == 'trained':
+      path = training.weights_path(seed)
+      if not os.path.isfile(path):
+        if not train_if_missing:
+          raise WeightsError(f'no trained shapes model at {path}; make it with: '
+                             f'python scripts/train_shapes.py --seed={seed}')
+        path = training.ensure_weights(seed)
+    elif weights == 'imagenet':
       path = imagenet_weights_path(name)
       if not os.path.isfile(path):
         raise WeightsError(

@@ -35,14 +35,23 @@ def one_line_errors(main):
   return wrapped
 
 
-def resolve_model(name: str, weights: str, fallback: str = 'random') -> jaxviz.Model:
+def resolve_model(name: str, weights: str | None, fallback: str = 'random') -> jaxviz.Model:
   """load_model, but for 'imagenet' first converts the official weights if none are
-  cached; where that fails (no network), says so in one line and uses `fallback`."""
+  cached; where that fails (no network), says so in one line and uses `fallback`:
+  'random' (the same architecture, random init) or 'shapes' (the self-trained shapes
+  model, trained first if not cached)."""
+  if name in jaxviz.models.SELF_TRAINED:
+    return jaxviz.load_model(name, None if weights == 'imagenet' else weights)
+  weights = weights or 'imagenet'
   if weights == 'imagenet' and not os.path.isfile(jaxviz.loading.imagenet_weights_path(name)):
     try:
       import weights_convert  # needs the [torch] extra
       weights_convert.convert(name, jaxviz.loading.imagenet_weights_path(name))
     except (jaxviz.WeightsError, ImportError) as e:
+      if fallback == 'shapes':
+        print(f'note: ImageNet weights for {name} unavailable ({e}); running on the '
+              'self-trained shapes model instead', file=sys.stderr)
+        return jaxviz.load_model('shapes')
       print(f'note: ImageNet weights for {name} unavailable ({e}); continuing with '
             f'{fallback} weights, so predictions are meaningless', file=sys.stderr)
       return jaxviz.load_model(name, fallback)
@@ -90,7 +99,8 @@ def define_common_flags(script: str):
   """The flags every method script has; returns their holders as a namespace."""
   from absl import flags
   return types.SimpleNamespace(
-      model=flags.DEFINE_enum('model', 'squeezenet1_1', sorted(jaxviz.ARCHITECTURES),
+      model=flags.DEFINE_enum('model', 'squeezenet1_1',
+                              sorted(jaxviz.ARCHITECTURES) + ['shapes'],
                               'Architecture.'),
       weights=flags.DEFINE_string(
           'weights', 'imagenet', "'imagenet' (converted on first use; random-init with a "
@@ -121,6 +131,8 @@ def weights_label(model: jaxviz.Model) -> str:
   source = str(model.metadata.get('source', ''))
   if source == 'random':
     return 'random weights, predictions meaningless'
+  if source == 'trained':
+    return f'self-trained, {model.metadata.get("test_accuracy", float("nan")):.1%} held-out accuracy'
   return f'weights {os.path.basename(source) or "?"}'
 
 

@@ -1,5 +1,7 @@
-"""The main job: get ImageNet weights (or say in one line why not), classify the sample
-photos, and run the three methods end to end with the course's defaults.
+"""The main job: get ImageNet weights, classify the sample photos, and run the three
+methods end to end with the course's defaults. Without ImageNet weights (no network) it
+says so in one line and runs the same on the self-trained shapes model (training it
+first, ~2 minutes, if it is not cached) and generated shapes images.
 
   python scripts/demo.py [--model=squeezenet1_1] [--weights=imagenet] [--images=samples]
 
@@ -19,17 +21,30 @@ import common
 
 _COMMON = common.define_common_flags('demo')
 _TOP = flags.DEFINE_integer('top', 3, 'How many classes to print per image.')
-_TARGET = flags.DEFINE_string('target', 'stingray', 'Fooling target (the report\'s).')
-_CLASSES = flags.DEFINE_list('classes', ['tarantula', 'gorilla'],
-                             'Classes to visualise (200 steps, course defaults).')
+_TARGET = flags.DEFINE_string('target', None, "Fooling target (default: the report's "
+                              "'stingray'; 'star' on the shapes model).")
+_CLASSES = flags.DEFINE_list('classes', None, 'Classes to visualise (200 steps, course '
+                             "defaults; default: 'tarantula', 'gorilla'; 'star', 'hourglass' on "
+                             'the shapes model).')
+# What the demo runs on: ImageNet models and the shapes model need different inputs.
+_DEFAULTS = {'imagenet': dict(images='samples', target='stingray',
+                              classes=['tarantula', 'gorilla']),
+             'shapes': dict(images='shapes', target='star', classes=['star', 'hourglass'])}
 
 
 @common.one_line_errors
 def main(argv):
   del argv
   common.enable_compilation_cache()
-  model = common.resolve_model(_COMMON.model.value, _COMMON.weights.value)
-  images = data.load_images(_COMMON.images.value, _COMMON.image_size.value)
+  model = common.resolve_model(_COMMON.model.value, _COMMON.weights.value, fallback='shapes')
+  defaults = _DEFAULTS['shapes' if model.name == 'shapes' else 'imagenet']
+  target_name = _TARGET.value or defaults['target']
+  class_names = _CLASSES.value or defaults['classes']
+  images_spec = _COMMON.images.value
+  if model.name == 'shapes' and images_spec == 'samples':  # photos mean nothing to it
+    images_spec = defaults['images']
+  size = model.image_size if model.name == 'shapes' else _COMMON.image_size.value
+  images = data.load_images(images_spec, size)
   out, label = _COMMON.output_dir.value, common.weights_label(model)
   x = model.preprocess(images.images)
 
@@ -47,25 +62,26 @@ def main(argv):
                os.path.join(out, 'saliency.png'))
   print(f'saliency: {len(maps)} maps, {timings["second_call_s"]:.2f} s once compiled')
 
-  target = model.class_index(_TARGET.value)
+  target = model.class_index(target_name)
   run = common.run_fooling(model, images.images[:1], target, 'score', 1.0, 100)
   figures.save(common.fooling_plot(model, run, f'{model.name} fooling ({label})'),
                os.path.join(out, 'fooling.png'))
   state = ('stalled: zero gradient' if run['stalled'][0] else
            'fooled' if run['fooled'][0] else 'not fooled')
-  print(f'fooling {images.names[0]} -> {_TARGET.value}: {state} after '
+  print(f'fooling {images.names[0]} -> {target_name}: {state} after '
         f'{run["iterations"][0]} iterations, ||delta||_2 = {run["l2"][0]:.3g}')
 
-  targets = common.class_indices(model, _CLASSES.value)
+  targets = common.class_indices(model, class_names)
+  # The course's jitter is 16 px at 224; keep it the same fraction of smaller images.
   result, seconds = common.run_class_visualization(
-      model, targets, _COMMON.seed.value, init=None, image_size=_COMMON.image_size.value,
-      num_iterations=200, learning_rate=5.0)
+      model, targets, _COMMON.seed.value, init=None, image_size=size,
+      num_iterations=200, learning_rate=5.0, max_jitter=max(1, round(16 * size / 224)))
   figures.save(figures.class_visualization_figure(
       common.to_rgb01(model, result.images),
       common.class_visualization_titles(model, targets, result, 200),
       f'{model.name} class visualisation ({label})'),
       os.path.join(out, 'class_visualization.png'))
-  print(f'class visualisation of {", ".join(_CLASSES.value)}: 200 steps in {seconds:.1f} s, '
+  print(f'class visualisation of {", ".join(class_names)}: 200 steps in {seconds:.1f} s, '
         'target probability ' + ', '.join(f'{p:.3g}' for p in result.target_probability))
   common.write_manifest(out, common.script_flags(), model)
   print(f'wrote {out}/saliency.png, fooling.png, class_visualization.png, manifest.json')

@@ -63,3 +63,22 @@ def converted_weights(name: str, seed: int, directory: str) -> str:
 @pytest.fixture(scope='session')
 def weights_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('weights'))
+
+
+@pytest.fixture(scope='session')
+def shapes_cache(tmp_path_factory):
+  """A jaxviz cache holding the trained shapes model (seed 0), trained here once per
+  session as load_model('shapes') does on a fresh machine. $JAXVIZ_TEST_SHAPES_CACHE names
+  a folder to keep it in between sessions (for development; CI always trains)."""
+  from jaxviz import training
+  folder = os.environ.get('JAXVIZ_TEST_SHAPES_CACHE') or str(tmp_path_factory.mktemp('shapes'))
+  previous = os.environ.get('JAXVIZ_CACHE')
+  os.environ['JAXVIZ_CACHE'] = folder
+  try:
+    training.ensure_weights(0, progress=False)
+    yield folder
+  finally:
+    if previous is None:
+      del os.environ['JAXVIZ_CACHE']
+    else:
+      os.environ['JAXVIZ_CACHE'] = previous

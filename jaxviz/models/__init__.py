@@ -7,6 +7,7 @@ import jax
 from flax import nnx
 
 from jaxviz.errors import InputError
+from jaxviz.models.shapesnet import ShapesNet
 from jaxviz.models.squeezenet import SqueezeNet
 from jaxviz.models.vgg import VGG
 
@@ -17,24 +18,29 @@ ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {
     'vgg16_bn': functools.partial(VGG, 'vgg16', True),
     'vgg19': functools.partial(VGG, 'vgg19', False),
 }
+# Models jaxviz trains itself (jaxviz.training), with their class counts.
+SELF_TRAINED: dict[str, Callable[..., nnx.Module]] = {'shapes': ShapesNet}
+_NUM_CLASSES = {'shapes': 10}
 
 
-def build(name: str, num_classes: int = 1000, seed: int = 0) -> nnx.Module:
-  """Builds an architecture with seeded torchvision-style random init."""
+def build(name: str, num_classes: int | None = None, seed: int = 0) -> nnx.Module:
+  """Builds an architecture with seeded torchvision-style random init (num_classes: 1000
+  for the torchvision ones, 10 for 'shapes', unless given)."""
+  num_classes = num_classes or _NUM_CLASSES.get(name, 1000)
   return architecture(name)(num_classes=num_classes, rngs=nnx.Rngs(seed))
 
 
-def build_abstract(name: str, num_classes: int = 1000) -> nnx.Module:
+def build_abstract(name: str, num_classes: int | None = None) -> nnx.Module:
   """The same module with shapes only (no memory, no compute): for loading weights."""
   return nnx.eval_shape(lambda: build(name, num_classes))
 
 
 def architecture(name: str) -> Callable[..., nnx.Module]:
+  known = {**ARCHITECTURES, **SELF_TRAINED}
   try:
-    return ARCHITECTURES[name]
+    return known[name]
   except KeyError:
-    raise InputError(f'unknown model {name!r}; known: {", ".join(sorted(ARCHITECTURES))}'
-                     ) from None
+    raise InputError(f'unknown model {name!r}; known: {", ".join(sorted(known))}') from None
 
 
 def functionalize(model: nnx.Module):

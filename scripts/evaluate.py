@@ -1,0 +1,191 @@
+"""Measures the methods against ground truth: pointing game, saliency mass in the mask,
+deletion/insertion AUC, fooling success, class-visualisation probability, and the
+randomisation sanity checks (jaxviz.evaluation).
+
+  python scripts/evaluate.py [--model=shapes] [--output_json=outputs/evaluate/report.json]
+  python scripts/evaluate.py --model=squeezenet1_1 --weights=imagenet --data=masked.npz
+
+--data is 'shapes' (held-out generated images, seed --data_seed, never trained on) or an
+.npz with `images` (N, H, W, 3) uint8, `labels` (N,) class indices or names, and `masks`
+(N, H, W) bool or `boxes` (N, 4) as x0, y0, x1, y1 pixels. Prints a table; writes the JSON
+report, the figures (saliency.png, deletion_insertion.png, sanity_cascading.png,
+sanity_independent.png, class_visualization.png) and manifest.json into --output_dir.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+import jaxviz
+from jaxviz import checkpoint, evaluation, figures, shapes
+from jaxviz.preprocess import check_images
+import common
+
+_MODEL = flags.DEFINE_enum('model', 'shapes', sorted(jaxviz.models.ARCHITECTURES) + ['shapes'],
+                           'Model to evaluate.')
+_WEIGHTS = flags.DEFINE_string('weights', None, "Default: 'trained' for shapes (trained on "
+                               "first use), 'imagenet' for the others; or a weights file.")
+_DATA = flags.DEFINE_string('data', 'shapes', "'shapes' or an .npz with masks or boxes.")
+_DATA_SEED = flags.DEFINE_integer('data_seed', 1000, 'Seed of the generated evaluation images.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', os.path.join('outputs', 'evaluate'),
+                                  'Where the figures and manifest go.')
+_OUTPUT_JSON = flags.DEFINE_string('output_json', None,
+                                   'The report (default: OUTPUT_DIR/report.json).')
+_DEFAULTS = evaluation.EvalConfig()
+_SALIENCY = flags.DEFINE_integer('saliency_images', _DEFAULTS.saliency_images, 'Images for '
+                                 'the pointing game, mask mass and deletion/insertion.')
+_STEPS = flags.DEFINE_integer('deletion_steps', _DEFAULTS.deletion_steps,
+                              'Points of the deletion and insertion curves, minus one.')
+_FOOLING = flags.DEFINE_integer('fooling_images', _DEFAULTS.fooling_images, 'Images to fool.')
+_CLASSVIZ = flags.DEFINE_integer('classviz_iterations', _DEFAULTS.classviz_iterations,
+                                 'Class-visualisation steps.')
+_CLASSES = flags.DEFINE_integer('classviz_classes', _DEFAULTS.classviz_classes,
+                                'Classes to visualise (0: all).')
+_SANITY = flags.DEFINE_integer('sanity_images', _DEFAULTS.sanity_images,
+                               'Images for the randomisation sanity checks.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of fooling targets, jitter, re-inits.')
+
+
+def load_masked(spec: str, count: int, seed: int, model: jaxviz.Model):
+  """(uint8 images, int labels, bool masks) from 'shapes' or an .npz."""
+  if spec == 'shapes':
+    data = shapes.generate(count, seed)
+    return data.images, data.labels, data.masks
+  if not spec.endswith('.npz') or not os.path.isfile(spec):
+    raise jaxviz.InputError(f"--data must be 'shapes' or an existing .npz, got {spec!r}")
+  with np.load(spec, allow_pickle=False) as f:
+    arrays = {k: f[k] for k in f.files}
+  for key in ('images', 'labels'):
+    if key not in arrays:
+      raise jaxviz.InputError(f'{spec} has no `{key}` array')
+  images = np.asarray(check_images(arrays['images'], allow_single=False))
+  n, h, w = images.shape[:3]
+  labels = common.class_indices(model, list(arrays['labels']))
+  if 'masks' in arrays:
+    masks = arrays['masks'].astype(bool)
+  elif 'boxes' in arrays:
+    boxes = np.asarray(arrays['boxes'], np.float64)
+    if boxes.shape != (n, 4):
+      raise jaxviz.InputError(f'{spec}: boxes must be ({n}, 4), got {boxes.shape}')
+    ys, xs = np.mgrid[:h, :w] + 0.5
+    masks = ((xs >= boxes[:, 0, None, None]) & (xs <= boxes[:, 2, None, None])
+             & (ys >= boxes[:, 1, None, None]) & (ys <= boxes[:, 3, None, None]))
+  else:
+    raise jaxviz.InputError(f'{spec} has neither `masks` nor `boxes`')
+  if masks.shape != (n, h, w) or labels.shape != (n,):
+    raise jaxviz.InputError(f'{spec}: masks {masks.shape} / labels {labels.shape} do not '
+                            f'match {n} images of {h}x{w}')
+  return images, labels, masks
+
+
+def print_table(report: dict):
+  pg, dl, ins = report['pointing_game'], report['deletion_auc'], report['insertion_auc']
+  fool, viz = report['fooling'], report['class_visualization']
+  cas, ind = report['cascading_randomization'], report['independent_randomization']
+  rows = [
+      ('accuracy on the evaluation images', f'{report["accuracy"]:.3f}'),
+      ('pointing game: saliency / centre / random map',
+       f'{pg["saliency"]:.3f} / {pg["center_baseline"]:.3f} / {pg["random_map"]:.3f}'),
+      (f'  same, {pg["tolerance"]} px tolerance (Zhang et al.\'s 15 px at 224)',
+       f'{pg["saliency_tolerant"]:.3f} / {pg["center_baseline_tolerant"]:.3f} / '
+       f'{pg["random_map_tolerant"]:.3f}'),
+      ('saliency mass in mask / mask area', f'{report["mask_mass"]["inside"]["mean"]:.3f} / '
+       f'{report["mask_mass"]["area"]["mean"]:.3f}'),
+      ('deletion AUC, grey: saliency / random (lower better)',
+       f'{dl["saliency"]["mean"]:.3f} / {dl["random_map"]["mean"]:.3f}'),
+      ('deletion AUC, blur: saliency / random (lower better)',
+       f'{dl["saliency_blur"]["mean"]:.3f} / {dl["random_map_blur"]["mean"]:.3f}'),
+      ('insertion AUC: saliency / random (higher better)',
+       f'{ins["saliency"]["mean"]:.3f} / {ins["random_map"]["mean"]:.3f}'),
+      ('fooling: success, mean iterations, rel. L2, rel. Linf',
+       f'{fool["success_rate"]:.3f}, {fool["iterations_mean"]:.1f}, '
+       f'{fool["relative_l2_mean"]:.4f}, {fool["relative_linf_mean"]:.4f}'),
+      ('class viz: mean / min target p, classified as target',
+       f'{viz["target_probability_mean"]:.3f} / {viz["target_probability_min"]:.3f}, '
+       f'{viz["classified_as_target"]:.2f}'),
+      ('cascading: Spearman |.| after logits / all layers',
+       f'{cas["spearman_abs"][1]:.3f} / {cas["spearman_abs"][-1]:.3f}'),
+      ('cascading: SSIM after logits / all layers',
+       f'{cas["ssim"][1]:.3f} / {cas["ssim"][-1]:.3f}'),
+      ('independent: Spearman |.| min / max over layers',
+       f'{min(ind["spearman_abs"][1:]):.3f} / {max(ind["spearman_abs"][1:]):.3f}'),
+      ('seed stability: Spearman, SSIM',
+       f'{report["seed_stability"]["spearman"]["mean"]:.3f}, '
+       f'{report["seed_stability"]["ssim"]["mean"]:.3f}'),
+  ]
+  width = max(len(r[0]) for r in rows)
+  for name, value in rows:
+    print(f'  {name:<{width}}  {value}')
+
+
+def write_figures(model: jaxviz.Model, images, labels, masks, arrays, out: str):
+  k = min(8, len(arrays['saliency']))
+  rgb = images[:k] / 255.0
+  fig = figures.saliency_figure(rgb, arrays['saliency'][:k], [model.class_names[c] for c in labels[:k]],
+                                f'{model.name}: saliency of the true class')
+  figures.save(fig, os.path.join(out, 'saliency.png'))
+  figures.save(figures.deletion_insertion_figure(
+      arrays['fractions'],
+      {'saliency (grey)': arrays['deletion_curve'],
+       'random map (grey)': arrays['random_deletion_curve'],
+       'saliency (blur)': arrays['blur_deletion_curve'],
+       'random map (blur)': arrays['random_blur_deletion_curve']},
+      {'saliency': arrays['insertion_curve'], 'random map': arrays['random_insertion_curve']},
+      f'{model.name}: deletion and insertion'), os.path.join(out, 'deletion_insertion.png'))
+  stages = [str(s) for s in arrays['cascade_stages']]
+  figures.save(figures.sanity_check_figure(
+      stages, {'Spearman (abs)': arrays['cascade_spearman_abs'],
+               'Spearman (signed gradient)': arrays['signed_spearman'],
+               'SSIM': arrays['cascade_ssim']},
+      maps=arrays['cascade_maps'][:, :2],
+      suptitle=f'{model.name}: cascading randomisation (Adebayo et al. 2018)'),
+      os.path.join(out, 'sanity_cascading.png'))
+  figures.save(figures.sanity_check_figure(
+      [str(s) for s in arrays['independent_stages']],
+      {'Spearman (abs)': arrays['independent_spearman_abs'],
+       'SSIM': arrays['independent_ssim']},
+      suptitle=f'{model.name}: independent randomisation'),
+      os.path.join(out, 'sanity_independent.png'))
+  targets = arrays['classviz_targets']
+  figures.save(figures.class_visualization_figure(
+      common.to_rgb01(model, arrays['classviz_images']),
+      [model.class_names[t] for t in targets], f'{model.name}: class visualisation'),
+      os.path.join(out, 'class_visualization.png'))
+
+
+@common.one_line_errors
+def main(argv):
+  del argv
+  common.enable_compilation_cache()
+  model = (jaxviz.load_model(_MODEL.value, _WEIGHTS.value) if _MODEL.value == 'shapes'
+           else common.resolve_model(_MODEL.value, _WEIGHTS.value or 'imagenet'))
+  config = evaluation.EvalConfig(
+      saliency_images=_SALIENCY.value, deletion_steps=_STEPS.value,
+      fooling_images=_FOOLING.value, classviz_iterations=_CLASSVIZ.value,
+      classviz_classes=_CLASSES.value, sanity_images=_SANITY.value, seed=_SEED.value)
+  count = max(config.saliency_images, config.fooling_images, config.sanity_images)
+  images, labels, masks = load_masked(_DATA.value, count, _DATA_SEED.value, model)
+  report, arrays = evaluation.evaluate(
+      model, images, labels, masks, config,
+      progress=lambda text: print(f'[evaluate] {text}', file=sys.stderr, flush=True))
+  report['config'] = dataclasses.asdict(config)
+  report['data'] = _DATA.value if _DATA.value != 'shapes' else f'shapes seed {_DATA_SEED.value}'
+  report['weights'] = {k: v for k, v in model.metadata.items() if k != 'class_names'}
+  out = _OUTPUT_DIR.value
+  path = _OUTPUT_JSON.value or os.path.join(out, 'report.json')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  checkpoint.atomic_write(path, lambda f: f.write(
+      json.dumps(report, indent=2, default=str).encode()))
+  write_figures(model, images, labels, masks, arrays, out)
+  common.write_manifest(out, common.script_flags(), model)
+  print(f'{model.name} ({common.weights_label(model)}), {report["data"]}:')
+  print_table(report)
+  print(f'wrote {path} and the figures in {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
