@@ -7,6 +7,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Under pytest-xdist two worker processes share the cores: torch's OpenMP threads must
+# sleep, not spin, while they wait, or the other worker's XLA slows torch 20-60x.
+WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if WORKERS > 1:
+  os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 torch = pytest.importorskip('torch')  # the equivalence tests need the [test] extra
 import torchvision  # noqa: E402
 
@@ -14,7 +19,7 @@ import jaxviz  # noqa: E402
 import weights_convert  # noqa: E402
 from jaxviz import checkpoint  # noqa: E402
 
-torch.set_num_threads(os.cpu_count() or 1)
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
 
 
 def rel_err(a, b) -> float:
