@@ -33,9 +33,20 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int = 0,
 
 
 def max_pool2d(x, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False):
-  """torch.nn.functional.max_pool2d on NHWC input.
+  """torch.nn.functional.max_pool2d on NHWC input, forward and gradient.
 
-  Ceil mode is a right/bottom padding with -inf just wide enough for the extra window.
+  Each window's winner is found by a running comparison over its kernel**2 taps in
+  row-major order, `tap > best or isnan(tap)`: the rule of torch's CPU kernel, so the
+  first maximum wins a tie and the last NaN wins a window with NaNs, and the gradient
+  goes to that one input. The output is then `select_n(winner, *taps)`, whose derivative
+  routes each cotangent to its winner: a select per tap and the transpose of a strided
+  slice (a pad), all of which XLA fuses. On SqueezeNet 1.1's pool shapes on XLA CPU
+  (batch 1 and 16) that measured 1.2-5x faster forward and 3-9x faster forward+backward
+  than `lax.reduce_window` max, whose gradient XLA CPU expands into iotas, a variadic
+  reduce_window and a scatter costing 10-18x its forward, and whose JVP breaks ties and
+  gradient routes NaNs unlike torch. Built from plain primitives, this one has JVPs,
+  higher derivatives and vmap. Ceil mode pads right/bottom with -inf just wide enough
+  for the extra window.
 
   Args:
     x: (N, H, W, C) array.
@@ -45,18 +56,45 @@ def max_pool2d(x, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = 
   Returns:
     (N, H', W', C) array.
   """
-  pads, used = [(0, 0)], []
+  n, c = x.shape[0], x.shape[3]
+  pads, used, out, valid = [], [], [], []
   for size in x.shape[1:3]:
-    out = pool_output_size(size, kernel, stride, padding, ceil_mode)
-    extent = (out - 1) * stride + kernel - padding  # input rows/cols the windows cover
+    o = pool_output_size(size, kernel, stride, padding, ceil_mode)
+    extent = (o - 1) * stride + kernel - padding  # input rows/cols the windows cover
     used.append(min(extent, size))
-    pads.append((padding, max(extent - size, 0)))
-  pads.append((0, 0))
-  # Floor mode may leave trailing rows unread (odd sizes): crop them rather than pass a
-  # negative padding, which reduce_window's gradient rejects.
+    pads.append((padding, max(extent - size, 0), 0))
+    out.append(o)
+    # valid[t][o]: tap t of window o reads the input rather than the padding.
+    rows = np.arange(o)[None, :] * stride + np.arange(kernel)[:, None] - padding
+    valid.append((rows >= 0) & (rows < size))
+  # Floor mode may leave trailing rows unread (odd sizes): crop them.
   x = x[:, :used[0], :used[1]]
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kernel, kernel, 1),
-                               (1, stride, stride, 1), pads)
+  if any(p[:2] != (0, 0) for p in pads):
+    x = jax.lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), *pads, (0, 0, 0)])
+  (oh, ow), taps, tap_valid = out, [], []
+  for i in range(kernel):
+    for j in range(kernel):
+      taps.append(jax.lax.slice(
+          x, (0, i, j, 0), (n, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c),
+          (1, stride, stride, 1)))
+      tap_valid.append(np.outer(valid[0][i], valid[1][j])[None, :, :, None])
+  best, winner = taps[0], jnp.zeros(taps[0].shape, jnp.int32)
+  # torch starts each window at its first input element. Without left/top padding that
+  # is tap 0, and -inf padding can never win a strict comparison; with it, a window
+  # whose inputs are all -inf must still route to its first input, so padding taps are
+  # masked out and the first input tap replaces a padding `best` unconditionally.
+  best_valid = tap_valid[0]
+  for t in range(1, kernel * kernel):
+    tap = taps[t]
+    better = (tap > best) | jnp.isnan(tap)
+    if not best_valid.all():
+      better = better | ~best_valid
+    if not tap_valid[t].all():
+      better = better & tap_valid[t]
+    best_valid = best_valid | tap_valid[t]
+    best = jnp.where(better, tap, best)
+    winner = jnp.where(better, t, winner)
+  return jax.lax.select_n(jax.lax.stop_gradient(winner), *taps)
 
 
 @functools.lru_cache(maxsize=None)

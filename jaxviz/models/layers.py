@@ -9,6 +9,7 @@ and single-neuron visualisation (zero all but one unit) are all hooks.
 from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxviz import ops
@@ -35,6 +36,7 @@ class Dropout(nnx.Module):
 
 
 class MaxPool2d(nnx.Module):
+  channelwise = True  # acts on each channel alone: see run_sequential
 
   def __init__(self, kernel: int, stride: int, ceil_mode: bool = False):
     self.kernel, self.stride, self.ceil_mode = kernel, stride, ceil_mode
@@ -61,9 +63,32 @@ def conv(cin: int, cout: int, kernel: int, *, stride: int = 1, padding: int = 0,
 
 
 def run_sequential(layers, x, prefix: str, hooks: Hooks | None):
-  """Runs an nnx.List like torch's nn.Sequential, offering each output to the hooks."""
-  for i, layer in enumerate(layers):
-    name = f'{prefix}.{i}'
+  """Runs an nnx.List like torch's nn.Sequential, offering each output to the hooks.
+
+  A layer whose output is a channel concatenation can say so with a `branches(x, name,
+  hooks)` method returning the parts (SqueezeNet's Fire). When a `channelwise` layer
+  (max-pool) follows it and no hook asks for the concatenated output, the pool is applied
+  to each part and the pooled parts are concatenated: the same values and gradients,
+  since a channelwise op commutes with concatenation, but XLA then fuses each pool's
+  backward into one pass; pooling the concatenation made it materialise one full-size
+  buffer per pool tap (the concatenation's transpose splits the pool's gradient between
+  two consumers), and SqueezeNet's gradient step ran 15-25% slower (measured on CPU).
+  """
+  i = 0
+  while i < len(layers):
+    layer, name = layers[i], f'{prefix}.{i}'
+    after = layers[i + 1] if i + 1 < len(layers) else None
+    if hasattr(layer, 'branches') and getattr(after, 'channelwise', False):
+      parts = layer.branches(x, name, hooks)
+      fn = hooks.get(name) if hooks is not None else None
+      if fn is None:
+        x = hook(hooks, f'{prefix}.{i + 1}', jnp.concatenate([after(p) for p in parts], -1))
+        i += 2
+      else:
+        x = fn(jnp.concatenate(parts, axis=-1))
+        i += 1
+      continue
     x = layer(x, name, hooks) if getattr(layer, 'takes_hooks', False) else layer(x)
     x = hook(hooks, name, x)
+    i += 1
   return x

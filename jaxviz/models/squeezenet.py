@@ -25,12 +25,15 @@ class Fire(nnx.Module):
     self.expand1x1 = L.conv(squeeze, expand1x1, 1, **kw)
     self.expand3x3 = L.conv(squeeze, expand3x3, 3, padding=1, **kw)
 
-  def __call__(self, x, name: str, hooks: L.Hooks | None):
+  def branches(self, x, name: str, hooks: L.Hooks | None):
+    """The two expand activations, whose channel concatenation is the module's output."""
     relu = lambda y, sub: L.hook(hooks, f'{name}.{sub}_activation',
                                  nnx.relu(L.hook(hooks, f'{name}.{sub}', y)))
     s = relu(self.squeeze(x), 'squeeze')
-    return jnp.concatenate([relu(self.expand1x1(s), 'expand1x1'),
-                            relu(self.expand3x3(s), 'expand3x3')], axis=-1)
+    return relu(self.expand1x1(s), 'expand1x1'), relu(self.expand3x3(s), 'expand3x3')
+
+  def __call__(self, x, name: str, hooks: L.Hooks | None):
+    return jnp.concatenate(self.branches(x, name, hooks), axis=-1)
 
 
 class SqueezeNet(nnx.Module):
