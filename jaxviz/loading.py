@@ -135,7 +135,7 @@ def load_model(name: str, weights: str | None = None, *, seed: int = 0,
       or None: 'trained' for 'shapes', 'imagenet' for the others.
     seed: init seed when weights='random'; training seed for the shapes model.
     dtype: cast every parameter to this dtype (e.g. jnp.float64 with jax_enable_x64).
-    train_if_missing: for 'shapes' with 'trained' weights, train the model (about two
+    train_if_missing: for 'shapes' with 'trained' weights, train the model (a few
       minutes on two CPU cores, with a progress bar) when none is cached; else fail.
 
   Returns:

@@ -136,12 +136,12 @@ def train(config: ShapesTraining = ShapesTraining(), progress: bool = True):
 def ensure_weights(seed: int = 0, progress: bool = True) -> str:
   """The cached trained shapes model of `seed`, training (and caching) it if missing.
 
-  Training takes about two minutes on two CPU cores; the file is written atomically, so
-  an interrupted run leaves nothing half-written behind.
+  Training takes a few minutes on two CPU cores (2000 steps); the file is written
+  atomically, so an interrupted run leaves nothing half-written behind.
   """
   path = weights_path(seed)
   if not os.path.isfile(path):
-    print(f'training the shapes model (seed {seed}; about 2 minutes on 2 CPU cores), '
+    print(f'training the shapes model (seed {seed}; a few minutes on 2 CPU cores), '
           f'cached at {path}', file=sys.stderr)
     params, metadata = train(ShapesTraining(seed=seed), progress=progress)
     checkpoint.save(path, params, metadata)

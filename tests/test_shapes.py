@@ -1,6 +1,6 @@
 """The shapes data set, the self-trained shapes model, and what the methods achieve on it.
 
-The model is trained once per test session (about two minutes on two cores) into a
+The model is trained once per test session (a few minutes on two cores) into a
 temporary cache, exactly as `load_model('shapes')` does on a fresh machine; every test
 here and the script tests read that cache. The expected results are issue 5's, with the
 margins stated where they are asserted.
