@@ -12,3 +12,4 @@ from jaxviz.preprocess import (IMAGENET_MEAN, IMAGENET_STD, deprocess, preproces
 __version__ = '0.1.0'
 from jaxviz.methods import (ClassVisualization, FoolingResult, class_visualization,
                             fooling_images, saliency_maps)
+from jaxviz import parallel  # noqa: E402  (batches over devices, in chunks)

@@ -9,13 +9,18 @@ hits both alike (medians of --repeats rounds, after one warm-up call each):
 
   1. the three methods: saliency of a batch (one batched backward in torch, as the
      course), fooling with a fixed step count (a learning rate so small that nothing
-     flips; torch one image at a time, as the course), class visualisation with jitter,
+     flips; torch one image at a time, as the course; jaxviz with its default chunking,
+     one while_loop per image on CPU, or --chunk_size), class visualisation with jitter,
      blur and clamp (torch: tests/torch_course.py, jitters drawn with python `random`);
   2. the achieved FLOP rate of one input-gradient step (saliency of one image): FLOPs
      from XLA's cost analysis of the compiled jaxviz program, over measured time, as a
      share of this machine's float32 GEMM rate (a large matmul timed here, best of jax
      and torch);
-  3. the gradient step's throughput (images/s) against batch size.
+  3. the gradient step's throughput (images/s) against batch size;
+  4. the cost of a step inside jaxviz's loops against the same gradient step jitted on
+     its own (batch 1 of item 3): fooling's time per image-step and class
+     visualisation's time per step, divided by it. Near 1 the loops add nothing; XLA:CPU
+     once made it 1.5-2.7 (see jaxviz/methods/_canonical.py).
 
 Memory: "max RSS" is the process's peak resident set (getrusage) after a workload's first
 calls; it never goes down, so its growth is attributable to a workload only when that
@@ -55,6 +60,9 @@ _FOOLING_LR = flags.DEFINE_float(
     'fooling_lr', 1e-6, 'Fooling step length: small, so that no image flips early and both '
     'sides take exactly --fooling_steps steps.')
 _CLASSVIZ_STEPS = flags.DEFINE_integer('classviz_steps', 100, 'Class visualisation steps.')
+_CHUNK_SIZE = flags.DEFINE_integer(
+    'chunk_size', None, "Images per loop in jaxviz's fooling and class visualisation "
+    '(default: the library default, 1 on CPU).')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median) after the warm-up.')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '4', '16', '64'],
                                  'Batch sizes of the gradient-step throughput.')
@@ -209,7 +217,7 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
 
   def jax_fooling():
     r = wait(jaxviz.fooling_images(apply, params, x, targets, learning_rate=lr,
-                                   max_iterations=steps))
+                                   max_iterations=steps, chunk_size=cfg['chunk_size']))
     assert np.all(np.asarray(r.iterations) == steps), f'jaxviz took {r.iterations} steps'
 
   def torch_fooling():
@@ -229,7 +237,7 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
   def jax_classviz():
     wait(jaxviz.class_visualization(apply, params, [target], key,
                                     image_shape=(size, size, 3), num_iterations=steps,
-                                    clamp=(low, high)).images)
+                                    clamp=(low, high), chunk_size=cfg['chunk_size']).images)
 
   def torch_classviz():
     init = torch.randn(1, 3, size, size)
@@ -260,6 +268,17 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
     row['jax_pct_of_gemm'] = 100 * row['jax_gflops'] / gemm['best_gflops']
     row['torch_pct_of_gemm'] = 100 * row['torch_gflops'] / gemm['best_gflops']
     out['gradient_step'].append(row)
+
+  # 4. A step inside the loops against the standalone gradient step of one image.
+  single = [g for g in out['gradient_step'] if g['batch'] == 1]
+  if single:
+    step_s = single[0]['jax_s']
+    fool, viz = out['workloads']['fooling'], out['workloads']['class_visualization']
+    per_step = {'fooling': fool['jax_s'] / (fool['images'] * fool['steps']),
+                'class_visualization': viz['jax_s'] / (viz['images'] * viz['steps'])}
+    out['loop_step'] = {'standalone_step_s': step_s, **{
+        w: {'jax_s_per_image_step': t, 'vs_standalone': t / step_s}
+        for w, t in per_step.items()}}
   return out
 
 
@@ -311,6 +330,12 @@ def print_tables(results: dict):
             f"{g['jax_images_per_s']:>10.1f}{g['torch_images_per_s']:>11.1f}"
             f"{g['speedup']:>9.2f}x{g['jax_gflops']:>10.1f}{g['jax_pct_of_gemm']:>9.0f}%"
             f"{g['torch_pct_of_gemm']:>11.0f}%{g['jax_first_call_s']:>10.2f}")
+    if 'loop_step' in r:
+      ls = r['loop_step']
+      print(f"\nloop step vs the standalone gradient step ({ls['standalone_step_s']:.4f} s, "
+            'batch 1): ' + ', '.join(f"{w} {ls[w]['jax_s_per_image_step']:.4f} s = "
+                                     f"{ls[w]['vs_standalone']:.2f}x"
+                                     for w in ('fooling', 'class_visualization')))
   print('\nmaxRSS: the process peak after the workload (jax and torch first calls); '
         'cumulative, not per workload.')
 
@@ -332,6 +357,7 @@ def main(argv):
       'fooling_steps': 2 if quick else _FOOLING_STEPS.value,
       'fooling_lr': _FOOLING_LR.value,
       'classviz_steps': 5 if quick else _CLASSVIZ_STEPS.value,
+      'chunk_size': _CHUNK_SIZE.value,
       'batch_sizes': [1, 4] if quick else [int(b) for b in _BATCH_SIZES.value],
       'gemm_size': 512 if quick else _GEMM_SIZE.value,
       'seed': _SEED.value, 'quick': quick,

@@ -50,6 +50,11 @@ def test_quick_benchmark_writes_results(tmp_path):
                 'max_rss_mib_after_torch_first'):
       assert _positive(w[key]), (name, key, w[key])
 
+  loop = model['loop_step']  # a step inside the loops against the standalone step
+  assert _positive(loop['standalone_step_s'])
+  for name in ('fooling', 'class_visualization'):
+    assert _positive(loop[name]['jax_s_per_image_step']) and _positive(loop[name]['vs_standalone'])
+
   steps = model['gradient_step']
   assert [s['batch'] for s in steps] == results['config']['batch_sizes']
   for s in steps:

@@ -308,3 +308,125 @@ def test_bad_input_is_a_one_line_error(model, images, call, match):
   with pytest.raises(InputError, match=match) as e:
     call(model, images)
   assert '\n' not in str(e.value)
+
+
+# ---- loops on XLA:CPU's fast convolutions, chunking ----------------------------------
+
+def _kernel_layouts(compiled_text):
+  """The kernel layout of every convolution in compiled HLO ('01io' is XLA:CPU's fast one)."""
+  import re
+  return set(re.findall(r'dim_labels=\w+?_(\w+)->', compiled_text))
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU layouts')
+def test_loop_bodies_keep_convolutions_canonical(model):
+  # XLA:CPU canonicalises convolutions in the entry computation only: in a loop body the
+  # input gradient's HWOI-kernel convolutions ran on a naive emitter, 1.5-2.7x slower.
+  # (XLA rewrites some convolutions of tiny feature maps into other layouts of its own:
+  # the input gradient's HWOI kernel, '01oi', is the one that must not appear.)
+  x = jnp.zeros((48, 48, 3))
+  fool = jax.jit(lambda p, x: fooling_image(model.apply, p, x, 1, 1.0, 3)[0])
+  layouts = _kernel_layouts(fool.lower(model.params, x).compile().as_text())
+  assert '01io' in layouts and '01oi' not in layouts, layouts
+  low, high = (jnp.asarray(v) for v in jaxviz.valid_range())
+  viz = jax.jit(lambda p, x: class_visualization_one(
+      model.apply, p, 1, jax.random.key(0), x, 1.0, 1e-3, low, high, num_iterations=3,
+      blur_every=2, blur_sigma=0.5, max_jitter=4, clamp=True, optimizer=None,
+      snapshot_every=0)[0])
+  layouts = _kernel_layouts(viz.lower(model.params, x).compile().as_text())
+  assert '01io' in layouts and '01oi' not in layouts, layouts
+
+
+def test_canonical_convs_is_bit_identical():
+  from jaxviz.methods._canonical import canonical_convs
+  # NCHW input, OIHW kernel, NHWC output, strides, dilation and groups: every transpose
+  # path, in the input and the kernel gradients (whose convolutions group the batch).
+  rng = np.random.default_rng(1)
+  k1 = jnp.asarray(rng.standard_normal((8, 3, 3, 3)), jnp.float32)
+  k2 = jnp.asarray(rng.standard_normal((6, 4, 3, 3)), jnp.float32)
+  x = jnp.asarray(rng.standard_normal((2, 3, 11, 13)), jnp.float32)
+
+  def net(kernels, x):
+    y = jax.lax.conv_general_dilated(x, kernels[0], (2, 2), 'SAME', rhs_dilation=(2, 1),
+                                     dimension_numbers=('NCHW', 'OIHW', 'NCHW'))
+    y = jax.lax.conv_general_dilated(jnp.tanh(y), kernels[1], (1, 1), [(1, 0), (0, 2)],
+                                     feature_group_count=2,
+                                     dimension_numbers=('NCHW', 'OIHW', 'NHWC'))
+    return jnp.sum(y ** 2)
+
+  grad = jax.grad(net, argnums=(0, 1))
+  rewritten = canonical_convs(grad)
+  specs = {(d.lhs_spec, d.rhs_spec, d.out_spec)
+           for d in (e.params['dimension_numbers']
+                     for e in jax.make_jaxpr(rewritten)((k1, k2), x).jaxpr.eqns
+                     if e.primitive.name == 'conv_general_dilated')}
+  assert specs == {((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))}  # NHWC, HWIO, NHWC only
+  for a, b in zip(jax.tree.leaves(jax.jit(grad)((k1, k2), x)),
+                  jax.tree.leaves(jax.jit(rewritten)((k1, k2), x))):
+    np.testing.assert_array_equal(a, b)  # transposes move values, never round them
+
+
+def test_fooling_whole_batch_loop_stops_each_image(model, images):
+  # One vmapped while_loop for the 3 images (the accelerator default): an image that is
+  # done is masked while the others step. Re-running the same program with a lower cap
+  # is deterministic, so it shows exactly where each image stopped.
+  targets = _reachable_targets(model, images)
+  full = jaxviz.fooling_images(model.apply, model.params, images, targets, chunk_size=3)
+  its = np.asarray(full.iterations)
+  assert np.all(full.fooled) and 0 < its.min() < its.max(), its
+  cap = int(its.max())  # the slowest image's count
+  capped = jaxviz.fooling_images(model.apply, model.params, images, targets,
+                                 max_iterations=cap - 1, chunk_size=3)
+  for j in range(3):
+    if its[j] < cap:  # done before the cap: untouched by the others' later steps
+      assert int(capped.iterations[j]) == its[j] and bool(capped.fooled[j])
+      np.testing.assert_array_equal(capped.images[j], full.images[j])
+    else:
+      assert int(capped.iterations[j]) == cap - 1 and not bool(capped.fooled[j])
+
+
+def test_chunked_methods_equal_all_at_once(model, images):
+  labels = np.array([7, 8, 9])
+  whole = jaxviz.saliency_maps(model.apply, model.params, images, labels)
+  for chunk in (1, 2):  # 2: the second chunk is padded with a copy of the last image
+    chunked = jaxviz.saliency_maps(model.apply, model.params, images, labels,
+                                   chunk_size=chunk)
+    assert chunked.shape == whole.shape
+    assert rel_err(chunked, whole) <= 1e-5  # batched-conv round-off, as above
+  kw = dict(image_shape=(48, 48, 3), num_iterations=6)
+  keys = jax.random.split(jax.random.key(0), 3)
+  viz = [jaxviz.class_visualization(model.apply, model.params, [76, 1, 945], keys,
+                                    chunk_size=c, **kw).images for c in (None, 2, 3)]
+  assert rel_err(viz[1], viz[0]) <= 1e-4 and rel_err(viz[2], viz[0]) <= 1e-4
+
+
+def test_progress_fills_once_over_chunks(model):
+  for chunk in (1, 2):
+    steps = []
+    jaxviz.class_visualization(model.apply, model.params, [76, 1, 945], jax.random.key(0),
+                               image_shape=(32, 32, 3), num_iterations=4, chunk_size=chunk,
+                               progress=lambda t: steps.append(int(t)))
+    jax.effects_barrier()
+    # Step indices of the whole run: in range, complete only at the end (image 3 of 3).
+    assert min(steps) >= 0 and max(steps) == 3 and steps.count(3) <= 2, (chunk, steps)
+
+
+@pytest.mark.parametrize('chunk_size', [0, -1, 1.5, True])
+def test_bad_chunk_size_is_a_one_line_error(model, images, chunk_size):
+  with pytest.raises(InputError, match='chunk_size') as e:
+    jaxviz.saliency_maps(model.apply, model.params, images, [1, 2, 3], chunk_size=chunk_size)
+  assert '\n' not in str(e.value)
+
+
+def test_jitter_roll_equals_jnp_roll():
+  from jaxviz.methods.class_visualization import _roll
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 9, 3)), jnp.float32)
+  shifts = jnp.array([[0, 0], [3, 8], [7, 9], [-2, -11], [16, 16]])
+  for oy, ox in shifts.tolist():
+    np.testing.assert_array_equal(_roll(x[0], jnp.int32(oy), jnp.int32(ox)),
+                                  jnp.roll(x[0], (oy, ox), axis=(0, 1)))
+  # Batched shifts under vmap, as in a batch of class visualisations.
+  got = jax.vmap(_roll)(x, shifts[1:3, 0], shifts[1:3, 1])
+  for i in range(2):
+    np.testing.assert_array_equal(got[i], jnp.roll(x[i], tuple(shifts[i + 1].tolist()),
+                                                   axis=(0, 1)))

@@ -44,3 +44,13 @@ def check_objective(objective: str) -> str:
   if objective not in ('score', 'cross_entropy'):
     raise InputError(f"objective must be 'score' or 'cross_entropy', got {objective!r}")
   return objective
+
+
+def check_chunk_size(chunk_size) -> int | None:
+  """None, or a positive integer (numpy integers included, bools not)."""
+  if chunk_size is None:
+    return None
+  if (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+      or chunk_size < 1):
+    raise InputError(f'chunk_size must be a positive integer or None, got {chunk_size!r}')
+  return int(chunk_size)

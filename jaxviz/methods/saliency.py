@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxviz import parallel
 from jaxviz.methods import _checks
 from jaxviz.methods.objectives import objective_grad
 
@@ -30,20 +31,41 @@ def saliency_map(apply_fn, params, image, label, objective: str = 'score'):
   return jnp.abs(grad).max(axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=('apply_fn', 'objective'))
-def _saliency_maps(apply_fn, params, images, labels, objective):
-  return jax.vmap(saliency_map, in_axes=(None, None, 0, 0, None))(
-      apply_fn, params, images, labels, objective)
+@functools.partial(jax.jit, static_argnames=('apply_fn', 'objective', 'chunk_size', 'mesh'))
+def _saliency_maps(apply_fn, params, images, labels, objective, chunk_size=None, mesh=None):
+
+  def local(params, images, labels):  # one device's slice of the batch
+    batched = lambda xs: jax.vmap(saliency_map, in_axes=(None, None, 0, 0, None))(
+        apply_fn, params, *xs, objective)
+    return parallel.map_chunks(batched, (images, labels), chunk_size)
+
+  return parallel.data_parallel(local, mesh, (False, True, True))(params, images, labels)
 
 
-def saliency_maps(apply_fn, params, images, labels, objective: str = 'score'):
+def saliency_maps(apply_fn, params, images, labels, objective: str = 'score', *,
+                  chunk_size: int | None = None, devices: parallel.Devices = None):
   """`saliency_map` over a batch: (N, H, W, 3) images, (N,) labels -> (N, H, W).
 
-  Compiled once per (apply_fn, shape, objective). Inputs are checked first: a label out
-  of range or an image of the wrong rank or channel count is a one-line InputError.
+  Compiled once per (apply_fn, shape, objective, chunk_size, devices). Inputs are checked
+  first: a label out of range or an image of the wrong rank or channel count is a one-line
+  InputError.
+
+  Args:
+    apply_fn, params, images, labels, objective: as `saliency_map`, batched.
+    chunk_size: differentiate at most this many images at a time per device (bounds
+      memory; None: all at once). See `jaxviz.parallel.map_chunks`.
+    devices: split the batch over these devices: None for every local device, a list of
+      devices, or a Mesh with a 'data' axis. See `jaxviz.parallel`.
   """
   images = _checks.check_batch(images)
   labels = _checks.check_classes(
       labels, images.shape[0], _checks.num_classes(apply_fn, params, images.shape[1:]),
       'labels')
-  return _saliency_maps(apply_fn, params, images, labels, _checks.check_objective(objective))
+  objective = _checks.check_objective(objective)
+  chunk_size = _checks.check_chunk_size(chunk_size)
+  mesh = parallel.resolve_mesh(devices)
+  if mesh is None:
+    return _saliency_maps(apply_fn, params, images, labels, objective, chunk_size)
+  (images, labels), n = parallel.shard_batch((images, labels), mesh)
+  return parallel.unpad(_saliency_maps(apply_fn, parallel.replicate(params, mesh), images,
+                                       labels, objective, chunk_size, mesh), n)
