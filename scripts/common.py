@@ -183,6 +183,11 @@ def progress_bar(total: int, desc: str):
   try:
     yield progress
   finally:
+    # Callbacks run asynchronously and may trail the results: the last one (the final
+    # step) must land before the bar closes; and tqdm redraws at most every 0.1 s, so
+    # draw the final count once before the bar is cleared.
+    jax.effects_barrier()
+    bar.refresh()
     bar.close()
 
 

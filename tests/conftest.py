@@ -92,10 +92,3 @@ def shapes_cache(tmp_path_factory):
       del os.environ['JAXVIZ_CACHE']
     else:
       os.environ['JAXVIZ_CACHE'] = previous
-
-
-def pytest_collection_modifyitems(config, items):
-  """Runs tests/test_shapes.py first: it trains the shapes model (~5 minutes) before its
-  tests start, so under pytest-xdist (--dist loadfile) the other worker takes the rest of
-  the suite meanwhile instead of waiting for it at the end. The sort is stable."""
-  items.sort(key=lambda item: os.path.basename(str(item.fspath)) != 'test_shapes.py')
