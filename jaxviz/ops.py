@@ -94,6 +94,14 @@ def max_pool2d(x, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = 
     best_valid = best_valid | tap_valid[t]
     best = jnp.where(better, tap, best)
     winner = jnp.where(better, t, winner)
+  # `winner` is a chain of compares and selects that XLA would fuse into the backward
+  # pass, which reads it once per window overlapping each input (up to four windows on
+  # a 3x3/stride-2 pool, each recomputing nine taps): on the shapes model's first pool
+  # that backward cost 3.7x its time with `winner` computed once. A remainder (an
+  # identity here: winner < kernel**2) is one of the ops XLA will not recompute inside a
+  # consumer that reuses elements, so it makes XLA store `winner`. optimization_barrier
+  # would say so directly, but XLA:CPU removes barriers before fusion.
+  winner = jax.lax.rem(winner, jnp.int32(kernel * kernel + 1))
   return jax.lax.select_n(jax.lax.stop_gradient(winner), *taps)
 
 
