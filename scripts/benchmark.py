@@ -11,7 +11,8 @@ hits both alike (medians of --repeats rounds, after one warm-up call each):
      course), fooling with a fixed step count (a learning rate so small that nothing
      flips; torch one image at a time, as the course; jaxviz with its default chunking,
      one while_loop per image on CPU, or --chunk_size), class visualisation with jitter,
-     blur and clamp (torch: tests/torch_course.py, jitters drawn with python `random`);
+     blur and clamp (torch: tests/torch_course.py, jitters drawn with python `random`).
+     The first call of each is timed apart; "compile s" is it less a steady call.
   2. the achieved FLOP rate of one input-gradient step (saliency of one image): FLOPs
      from XLA's cost analysis of the compiled jaxviz program, over measured time, as a
      share of this machine's float32 GEMM rate (a large matmul timed here, best of jax
@@ -111,6 +112,8 @@ def compare(jax_fn, torch_fn, repeats: int) -> dict:
   return {
       'jax_s': jax_s, 'torch_s': torch_s, 'speedup': torch_s / jax_s,
       'jax_first_call_s': jax_first, 'torch_first_call_s': torch_first,
+      # What the first call costs beyond a steady call: tracing and compilation.
+      'jax_compile_s': max(jax_first - jax_s, 0.0),
       'jax_times_s': jax_times, 'torch_times_s': torch_times,
       'max_rss_mib_after_jax_first': rss_jax, 'max_rss_growth_mib_jax_first': rss_jax - rss0,
       'max_rss_mib_after_torch_first': rss_torch,
@@ -317,11 +320,12 @@ def print_tables(results: dict):
   for name, r in results['models'].items():
     print(f"\n{name} (logits rel. err jax vs torch {r['logits_rel_err']:.1e})")
     print(f"{'workload':<34}{'jax s':>10}{'torch s':>10}{'torch/jax':>11}"
-          f"{'jax 1st s':>11}{'maxRSS MiB':>12}")
+          f"{'jax 1st s':>11}{'compile s':>11}{'maxRSS MiB':>12}")
     for w, m in r['workloads'].items():
       label = f"{w} ({m['images']} im" + (f", {m['steps']} steps)" if 'steps' in m else ')')
       print(f"{label:<34}{m['jax_s']:>10.4f}{m['torch_s']:>10.4f}{m['speedup']:>10.2f}x"
-            f"{m['jax_first_call_s']:>11.2f}{m['max_rss_mib_after_torch_first']:>12.0f}")
+            f"{m['jax_first_call_s']:>11.2f}{m['jax_compile_s']:>11.2f}"
+            f"{m['max_rss_mib_after_torch_first']:>12.0f}")
     print(f"\n{'grad step batch':<16}{'GFLOP/im':>9}{'jax im/s':>10}{'torch im/s':>11}"
           f"{'torch/jax':>10}{'jax GF/s':>10}{'jax %GEMM':>10}{'torch %GEMM':>12}"
           f"{'jax 1st s':>10}")
@@ -336,7 +340,9 @@ def print_tables(results: dict):
             'batch 1): ' + ', '.join(f"{w} {ls[w]['jax_s_per_image_step']:.4f} s = "
                                      f"{ls[w]['vs_standalone']:.2f}x"
                                      for w in ('fooling', 'class_visualization')))
-  print('\nmaxRSS: the process peak after the workload (jax and torch first calls); '
+  print('\ncompile s: the first call less a steady call (tracing and XLA compilation; '
+        'the scripts cache compilations on disk).')
+  print('maxRSS: the process peak after the workload (jax and torch first calls); '
         'cumulative, not per workload.')
 
 

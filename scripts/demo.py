@@ -1,7 +1,7 @@
 """The main job: get ImageNet weights, classify the sample photos, and run the three
 methods end to end with the course's defaults. Without ImageNet weights (no network) it
 says so in one line and runs the same on the self-trained shapes model (training it
-first, about 5 minutes on 2 cores, if it is not cached) and generated shapes images.
+first, about 2.5 minutes on 2 cores, if it is not cached) and generated shapes images.
 
   python scripts/demo.py [--model=squeezenet1_1] [--weights=imagenet] [--images=samples]
 

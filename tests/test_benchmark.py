@@ -46,7 +46,7 @@ def test_quick_benchmark_writes_results(tmp_path):
   assert set(model['workloads']) == set(WORKLOADS)
   for name in WORKLOADS:
     w = model['workloads'][name]
-    for key in ('jax_s', 'torch_s', 'speedup', 'jax_first_call_s',
+    for key in ('jax_s', 'torch_s', 'speedup', 'jax_first_call_s', 'jax_compile_s',
                 'max_rss_mib_after_torch_first'):
       assert _positive(w[key]), (name, key, w[key])
 
