@@ -51,10 +51,15 @@ class FireBN(nnx.Module):
     self.expand1x1 = ConvBN(squeeze, expand1x1, 1, rngs=rngs)
     self.expand3x3 = ConvBN(squeeze, expand3x3, 3, padding=1, rngs=rngs)
 
-  def __call__(self, x, name: str, hooks: L.Hooks | None):
+  def branches(self, x, name: str, hooks: L.Hooks | None):
+    """The two expand activations, whose channel concatenation is the module's output
+    (run_sequential pools each before concatenating, as for SqueezeNet's Fire)."""
     s = self.squeeze(x, f'{name}.squeeze', hooks)
-    return jnp.concatenate([self.expand1x1(s, f'{name}.expand1x1', hooks),
-                            self.expand3x3(s, f'{name}.expand3x3', hooks)], axis=-1)
+    return (self.expand1x1(s, f'{name}.expand1x1', hooks),
+            self.expand3x3(s, f'{name}.expand3x3', hooks))
+
+  def __call__(self, x, name: str, hooks: L.Hooks | None):
+    return jnp.concatenate(self.branches(x, name, hooks), axis=-1)
 
 
 class Stem(ConvBN):
