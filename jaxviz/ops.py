@@ -98,9 +98,11 @@ def max_pool2d(x, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = 
   # pass, which reads it once per window overlapping each input (up to four windows on
   # a 3x3/stride-2 pool, each recomputing nine taps): on the shapes model's first pool
   # that backward cost 3.7x its time with `winner` computed once. A remainder (an
-  # identity here: winner < kernel**2) is one of the ops XLA will not recompute inside a
-  # consumer that reuses elements, so it makes XLA store `winner`. optimization_barrier
-  # would say so directly, but XLA:CPU removes barriers before fusion.
+  # identity here: winner < kernel**2) is one of the "expensive" ops that XLA will not
+  # duplicate into several consumers, so where the pool's output is stored for the next
+  # layer (every model here) `winner` is stored with it; a lone pool whose output feeds
+  # nothing else may still be fused whole. optimization_barrier would say so directly,
+  # but XLA:CPU removes barriers before fusion.
   winner = jax.lax.rem(winner, jnp.int32(kernel * kernel + 1))
   return jax.lax.select_n(jax.lax.stop_gradient(winner), *taps)
 
