@@ -366,6 +366,41 @@ def test_canonical_convs_is_bit_identical():
     np.testing.assert_array_equal(a, b)  # transposes move values, never round them
 
 
+def test_canonical_convs_ahead_lays_out_kernels_once_outside_the_loop():
+  from jaxviz.methods._canonical import canonical_convs, canonical_convs_ahead
+  rng = np.random.default_rng(2)
+  kernels = (jnp.asarray(rng.standard_normal((3, 3, 3, 8)), jnp.float32),
+             jnp.asarray(rng.standard_normal((3, 3, 8, 4)), jnp.float32))
+  x0 = jnp.asarray(rng.standard_normal((9, 10, 3)), jnp.float32)
+
+  def loss(kernels, x):
+    y = x[None]
+    for k in kernels:
+      y = jnp.tanh(jax.lax.conv_general_dilated(y, k, (1, 1), 'SAME',
+                                                dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+    return jnp.sum(y ** 2)
+
+  grad = jax.grad(loss, argnums=1)  # the input gradient: HWOI kernels, i.e. transposes
+
+  def ascend(kernels, x, ahead):
+    step = (canonical_convs_ahead(grad, kernels, x) if ahead
+            else lambda x: canonical_convs(grad)(kernels, x))
+    return jax.lax.fori_loop(0, 3, lambda i, x: x + 0.1 * step(x), x)
+
+  def transposes_in_loop(ahead):
+    jaxpr = jax.make_jaxpr(lambda k, x: ascend(k, x, ahead))(kernels, x0).jaxpr
+    loop = next(e for e in jaxpr.eqns if e.primitive.name in ('while', 'scan'))
+    body = loop.params['body_jaxpr' if 'body_jaxpr' in loop.params else 'jaxpr'].jaxpr
+    return sum(e.primitive.name == 'transpose' and e.invars[0].aval.shape in
+               {k.shape for k in kernels} for e in body.eqns)
+
+  assert transposes_in_loop(ahead=False) == len(kernels)  # laid out at every step
+  assert transposes_in_loop(ahead=True) == 0  # ... or once, before the loop
+  # Same canonical convolutions, same values, bit for bit.
+  np.testing.assert_array_equal(jax.jit(lambda k, x: ascend(k, x, True))(kernels, x0),
+                                jax.jit(lambda k, x: ascend(k, x, False))(kernels, x0))
+
+
 def test_fooling_whole_batch_loop_stops_each_image(model, images):
   # One vmapped while_loop for the 3 images (the accelerator default): an image that is
   # done is masked while the others step. Re-running the same program with a lower cap

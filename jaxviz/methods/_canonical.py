@@ -20,6 +20,12 @@ transposes only move values: at the top level the results are bit for bit those 
 can differ from the slow path's (float64 results still equal the torch reference to
 1e-9). Convolutions inside control flow of `fn` itself (a cond or scan in the model) are
 left as they are; only `jit` and `closed_call` sub-programs are followed.
+
+XLA:CPU does not hoist those kernel transposes out of the loop either, so
+`canonical_convs_ahead(fn, params, *example_args)`, called before the loop, lays out the
+kernels that depend on the parameters alone once, and returns the body to call inside
+the loop (fooling and class visualisation use it: a VGG16 fooling step went from 1.16x
+to 1.07x the standalone gradient step, SqueezeNet's loop steps 5-8% faster).
 """
 
 import jax
@@ -29,19 +35,39 @@ from jax.extend import core as jcore
 _CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'closed_call': 'call_jaxpr'}
 
 
-def _canonical_conv(lhs, rhs, *, dimension_numbers, **params):
-  """conv_general_dilated in NHWC / HWIO / NHWC (transposes around it); None if it is."""
+def _specs(dimension_numbers):
+  """(lhs, rhs, out) specs and the canonical NHWC / HWIO ones."""
   lhs_spec, rhs_spec, out_spec = (tuple(s) for s in dimension_numbers)
   nd = len(lhs_spec)
   # Specs list (batch or out-feature, feature or in-feature, spatial...) dimensions.
   nhwc = (0, nd - 1, *range(1, nd - 1))
   hwio = (nd - 1, nd - 2, *range(nd - 2))
+  return lhs_spec, rhs_spec, out_spec, nhwc, hwio
+
+
+def _canonical_kernel(rhs, dimension_numbers):
+  """The kernel in HWIO layout (a transpose), or None if it is in HWIO already."""
+  _, rhs_spec, _, _, hwio = _specs(dimension_numbers)
+  if rhs_spec == hwio:
+    return None
+  return jnp.transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))
+
+
+def _canonical_conv(lhs, rhs, *, dimension_numbers, canonical_rhs=None, **params):
+  """conv_general_dilated in NHWC / HWIO / NHWC (transposes around it); None if it is.
+
+  canonical_rhs: `rhs` already in HWIO layout (transposed ahead, outside a loop).
+  """
+  lhs_spec, rhs_spec, out_spec, nhwc, hwio = _specs(dimension_numbers)
+  nd = len(lhs_spec)
   if lhs_spec == nhwc and rhs_spec == hwio and out_spec == nhwc:
     return None
   if lhs_spec != nhwc:
     lhs = jnp.transpose(lhs, (lhs_spec[0], *lhs_spec[2:], lhs_spec[1]))
-  if rhs_spec != hwio:
-    rhs = jnp.transpose(rhs, (*rhs_spec[2:], rhs_spec[1], rhs_spec[0]))
+  if canonical_rhs is not None:
+    rhs = canonical_rhs
+  elif rhs_spec != hwio:
+    rhs = _canonical_kernel(rhs, dimension_numbers)
   out = jax.lax.conv_general_dilated_p.bind(
       lhs, rhs, dimension_numbers=jax.lax.ConvDimensionNumbers(nhwc, hwio, nhwc), **params)
   if out_spec != nhwc:
@@ -51,7 +77,15 @@ def _canonical_conv(lhs, rhs, *, dimension_numbers, **params):
   return out
 
 
-def _eval(jaxpr, consts, *args):
+def _bind(eqn, invals):
+  with eqn.ctx.manager:
+    out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+  return out if eqn.primitive.multiple_results else [out]
+
+
+def _eval(jaxpr, consts, *args, kernels=None, path=()):
+  """Evaluates `jaxpr` with canonical convolutions. kernels: {(path, id(eqn)): HWIO
+  kernel} made ahead by `_kernels_ahead` for the same jaxpr."""
   env = {}
 
   def read(v):
@@ -64,16 +98,51 @@ def _eval(jaxpr, consts, *args):
     name = eqn.primitive.name
     out = None
     if name == 'conv_general_dilated':
-      conv = _canonical_conv(*invals, **eqn.params)
+      ahead = None if kernels is None else kernels.get((path, id(eqn)))
+      conv = _canonical_conv(*invals, canonical_rhs=ahead, **eqn.params)
       out = None if conv is None else [conv]
     elif name in _CALLS:
       sub = eqn.params[_CALLS[name]]
-      out = _eval(sub.jaxpr, sub.consts, *invals)
+      out = _eval(sub.jaxpr, sub.consts, *invals, kernels=kernels, path=path + (id(eqn),))
     if out is None:
-      with eqn.ctx.manager:
-        out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
-      if not eqn.primitive.multiple_results:
-        out = [out]
+      out = _bind(eqn, invals)
+    for v, value in zip(eqn.outvars, out):
+      if not isinstance(v, jcore.DropVar):
+        env[v] = value
+  return [read(v) for v in jaxpr.outvars]
+
+
+_UNKNOWN = object()
+
+
+def _kernels_ahead(jaxpr, consts, *args, kernels, path=()):
+  """Fills `kernels` with the HWIO kernel of every non-canonical convolution whose kernel
+  depends only on the known `args` (the others are _UNKNOWN): what a loop body would
+  otherwise transpose at every step. Other known values are computed only to get there
+  (XLA drops those that nothing uses)."""
+  env = {}
+
+  def read(v):
+    return v.val if isinstance(v, jcore.Literal) else env[v]
+
+  env.update(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    name = eqn.primitive.name
+    known = all(v is not _UNKNOWN for v in invals)
+    if name == 'conv_general_dilated' and invals[1] is not _UNKNOWN:
+      kernel = _canonical_kernel(invals[1], eqn.params['dimension_numbers'])
+      if kernel is not None:
+        kernels[(path, id(eqn))] = kernel
+    if name in _CALLS:
+      sub = eqn.params[_CALLS[name]]
+      out = _kernels_ahead(sub.jaxpr, sub.consts, *invals, kernels=kernels,
+                           path=path + (id(eqn),))
+    elif known:
+      out = _bind(eqn, invals)
+    else:
+      out = [_UNKNOWN] * len(eqn.outvars)
     for v, value in zip(eqn.outvars, out):
       if not isinstance(v, jcore.DropVar):
         env[v] = value
@@ -98,3 +167,29 @@ def canonical_convs(fn):
     return jax.tree.unflatten(jax.tree.structure(shapes), out)
 
   return wrapped
+
+
+def canonical_convs_ahead(fn, invariant, *example_args):
+  """`canonical_convs(fn)` for a loop body in which fn's first argument does not change.
+
+  XLA:CPU does not hoist transposes out of loops, so a loop body written with
+  `canonical_convs` re-lays-out every kernel at every step: on VGG16 its 13 kernels cost
+  32 ms of a 427 ms gradient step. Call this outside the loop with `invariant` (the
+  model's parameters) and arguments shaped as the loop will pass them; it lays out,
+  once, every kernel that depends on `invariant` alone.
+
+  Returns:
+    `body(*args)`, to call inside the loop: the value of `fn(invariant, *args)`, with
+    the same canonical convolutions as `canonical_convs(fn)` and so the same results.
+  """
+  closed, shapes = jax.make_jaxpr(fn, return_shape=True)(invariant, *example_args)
+  known = jax.tree.leaves(invariant)
+  unknown = [_UNKNOWN] * (len(closed.jaxpr.invars) - len(known))
+  kernels = {}
+  _kernels_ahead(closed.jaxpr, closed.consts, *known, *unknown, kernels=kernels)
+
+  def body(*args):
+    out = _eval(closed.jaxpr, closed.consts, *known, *jax.tree.leaves(args), kernels=kernels)
+    return jax.tree.unflatten(jax.tree.structure(shapes), out)
+
+  return body

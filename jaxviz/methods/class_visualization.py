@@ -12,7 +12,7 @@ import optax
 from jaxviz import parallel
 from jaxviz.errors import InputError
 from jaxviz.methods import _checks
-from jaxviz.methods._canonical import canonical_convs
+from jaxviz.methods._canonical import canonical_convs_ahead
 from jaxviz.preprocess import valid_range
 
 
@@ -108,8 +108,11 @@ def _ascend(apply_fn, params, target, key, init, learning_rate, l2_reg, low, hig
     return logits[target] - l2_reg * _norm(x), logits
 
   # Inside the scan XLA:CPU leaves the backward convolutions on a slow path: see
-  # `_canonical`.
-  gradient = canonical_convs(jax.value_and_grad(objective, has_aux=True))
+  # `_canonical`. The kernels are laid out for the fast path once, before the scan.
+  gradient = canonical_convs_ahead(
+      lambda params, x, target, l2_reg: jax.value_and_grad(objective, has_aux=True)(
+          x, params, target, l2_reg),
+      params, init, target, l2_reg)
 
   def step(carry, t):
     x, opt_state = carry
@@ -118,7 +121,7 @@ def _ascend(apply_fn, params, target, key, init, learning_rate, l2_reg, low, hig
       shifted = _roll(x, oy, ox)
     else:
       shifted = x
-    (value, logits), grad = gradient(shifted, params, target, l2_reg)
+    (value, logits), grad = gradient(shifted, target, l2_reg)
     if max_jitter > 0:
       # Rolling the gradient back equals the course's roll / step / roll back bit for bit
       # (a roll is a permutation), and keeps an optimizer's state aligned with the image.

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxviz import parallel
 from jaxviz.methods import _checks
-from jaxviz.methods._canonical import canonical_convs
+from jaxviz.methods._canonical import canonical_convs_ahead
 from jaxviz.methods.objectives import objective_grad
 
 
@@ -57,9 +57,10 @@ def fooling_image(apply_fn, params, image, target, learning_rate=1.0, max_iterat
   """
   sign = 1.0 if objective == 'score' else -1.0
   # Inside a loop body XLA:CPU leaves the backward convolutions on a slow path: see
-  # `_canonical`.
-  gradient = canonical_convs(
-      lambda params, x, target: objective_grad(apply_fn, params, x, target, objective))
+  # `_canonical`. The kernels are laid out for the fast path once, before the loop.
+  gradient = canonical_convs_ahead(
+      lambda params, x, target: objective_grad(apply_fn, params, x, target, objective),
+      params, image, target)
 
   def cond(state):
     _, i, done, stalled = state
@@ -67,7 +68,7 @@ def fooling_image(apply_fn, params, image, target, learning_rate=1.0, max_iterat
 
   def body(state):
     x, i, _, _ = state
-    grad, logits = gradient(params, x, target)
+    grad, logits = gradient(x, target)
     done = jnp.argmax(logits) == target
     norm = jnp.linalg.norm(grad)
     stalled = ~done & (norm == 0)
