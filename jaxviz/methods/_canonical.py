@@ -83,9 +83,11 @@ def _bind(eqn, invals):
   return out if eqn.primitive.multiple_results else [out]
 
 
-def _eval(jaxpr, consts, *args, kernels=None, path=()):
-  """Evaluates `jaxpr` with canonical convolutions. kernels: {(path, id(eqn)): HWIO
-  kernel} made ahead by `_kernels_ahead` for the same jaxpr."""
+def _walk(jaxpr, consts, args, step, path=()):
+  """Evaluates `jaxpr` equation by equation: `step(eqn, invals, path)` returns each
+  equation's outputs, except for `jit` and `closed_call` sub-programs, which are walked
+  into with their call equation's id appended to `path` (one sub-program can be called
+  from several places)."""
   env = {}
 
   def read(v):
@@ -95,58 +97,51 @@ def _eval(jaxpr, consts, *args, kernels=None, path=()):
   env.update(zip(jaxpr.invars, args))
   for eqn in jaxpr.eqns:
     invals = [read(v) for v in eqn.invars]
-    name = eqn.primitive.name
-    out = None
-    if name == 'conv_general_dilated':
-      ahead = None if kernels is None else kernels.get((path, id(eqn)))
-      conv = _canonical_conv(*invals, canonical_rhs=ahead, **eqn.params)
-      out = None if conv is None else [conv]
-    elif name in _CALLS:
-      sub = eqn.params[_CALLS[name]]
-      out = _eval(sub.jaxpr, sub.consts, *invals, kernels=kernels, path=path + (id(eqn),))
-    if out is None:
-      out = _bind(eqn, invals)
+    if eqn.primitive.name in _CALLS:
+      sub = eqn.params[_CALLS[eqn.primitive.name]]
+      out = _walk(sub.jaxpr, sub.consts, invals, step, path + (id(eqn),))
+    else:
+      out = step(eqn, invals, path)
     for v, value in zip(eqn.outvars, out):
       if not isinstance(v, jcore.DropVar):
         env[v] = value
   return [read(v) for v in jaxpr.outvars]
+
+
+def _eval(jaxpr, consts, *args, kernels=None):
+  """Evaluates `jaxpr` with canonical convolutions. kernels: {(path, id(eqn)): HWIO
+  kernel} made ahead by `_kernels_ahead` for the same jaxpr."""
+
+  def step(eqn, invals, path):
+    if eqn.primitive.name == 'conv_general_dilated':
+      ahead = None if kernels is None else kernels.get((path, id(eqn)))
+      conv = _canonical_conv(*invals, canonical_rhs=ahead, **eqn.params)
+      if conv is not None:
+        return [conv]
+    return _bind(eqn, invals)
+
+  return _walk(jaxpr, consts, args, step)
 
 
 _UNKNOWN = object()
 
 
-def _kernels_ahead(jaxpr, consts, *args, kernels, path=()):
+def _kernels_ahead(jaxpr, consts, *args, kernels):
   """Fills `kernels` with the HWIO kernel of every non-canonical convolution whose kernel
   depends only on the known `args` (the others are _UNKNOWN): what a loop body would
   otherwise transpose at every step. Other known values are computed only to get there
   (XLA drops those that nothing uses)."""
-  env = {}
 
-  def read(v):
-    return v.val if isinstance(v, jcore.Literal) else env[v]
-
-  env.update(zip(jaxpr.constvars, consts))
-  env.update(zip(jaxpr.invars, args))
-  for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
-    name = eqn.primitive.name
-    known = all(v is not _UNKNOWN for v in invals)
-    if name == 'conv_general_dilated' and invals[1] is not _UNKNOWN:
+  def step(eqn, invals, path):
+    if eqn.primitive.name == 'conv_general_dilated' and invals[1] is not _UNKNOWN:
       kernel = _canonical_kernel(invals[1], eqn.params['dimension_numbers'])
       if kernel is not None:
         kernels[(path, id(eqn))] = kernel
-    if name in _CALLS:
-      sub = eqn.params[_CALLS[name]]
-      out = _kernels_ahead(sub.jaxpr, sub.consts, *invals, kernels=kernels,
-                           path=path + (id(eqn),))
-    elif known:
-      out = _bind(eqn, invals)
-    else:
-      out = [_UNKNOWN] * len(eqn.outvars)
-    for v, value in zip(eqn.outvars, out):
-      if not isinstance(v, jcore.DropVar):
-        env[v] = value
-  return [read(v) for v in jaxpr.outvars]
+    if any(v is _UNKNOWN for v in invals):
+      return [_UNKNOWN] * len(eqn.outvars)
+    return _bind(eqn, invals)
+
+  _walk(jaxpr, consts, args, step)
 
 
 def canonical_convs(fn):
