@@ -33,6 +33,11 @@ class ShapesTraining:
     learning_rate: peak AdamW rate (linear warm-up over 50 steps, cosine decay to 0).
     weight_decay: AdamW's decoupled weight decay.
     test_size: held-out images for the reported accuracy.
+    input_noise: std of uniform noise added to every training pixel (in [0, 1] pixel
+      units; fresh each step; 0 for none). Batch norm's statistics are re-estimated on
+      clean images after training. The noise keeps the network from relying on
+      pixel-level patterns: without it, class visualisation drifts into the 'star'
+      class (README).
   """
   seed: int = 0
   steps: int = 2500
@@ -40,6 +45,10 @@ class ShapesTraining:
   learning_rate: float = 5e-3
   weight_decay: float = 1e-4
   test_size: int = 1000
+  input_noise: float = 0.03
+
+
+_RECALIBRATION_BATCHES = 40
 
 
 def weights_path(seed: int = 0) -> str:
@@ -51,6 +60,18 @@ def weights_path(seed: int = 0) -> str:
 def _normalise(images_uint8):
   mean, std = jnp.asarray(shapes.MEAN), jnp.asarray(shapes.STD)
   return (images_uint8.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def _uniform_noise(key, shape, std):
+  """Uniform noise of standard deviation `std`, from 8 random bits a value.
+
+  Four values per 32-bit draw: 1.5 ms for a batch of 32 images against 9.6 ms for
+  `jax.random.normal` (threefry makes one 32-bit word per value).
+  """
+  size = int(np.prod(shape))
+  words = jax.random.bits(key, (-(-size // 4),), jnp.uint32)
+  u = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:size].reshape(shape)
+  return ((u.astype(jnp.float32) + 0.5) / 256 - 0.5) * (np.sqrt(12.0) * std)
 
 
 def accuracy(apply_fn, params, data: shapes.ShapesData, batch_size: int = 250) -> float:
@@ -85,6 +106,7 @@ def train(config: ShapesTraining = ShapesTraining(), progress: bool = True):
 
   stream = jax.random.key(shapes._seed_int((config.seed, 0)))
   label_key = jax.random.key(shapes._seed_int((config.seed, 2)))
+  noise_key = jax.random.key(shapes._seed_int((config.seed, 3)))
   n = config.batch_size
 
   # The images of `block` steps per call, queued ahead of the steps that use them. Drawn
@@ -104,9 +126,14 @@ def train(config: ShapesTraining = ShapesTraining(), progress: bool = True):
     return images.reshape(block, n, *images.shape[1:]), labels
 
   @nnx.jit
-  def step(model, optimizer, images, labels):
+  def step(model, optimizer, images, labels, index):
+    x = _normalise(images)
+    if config.input_noise:
+      x = x + _uniform_noise(jax.random.fold_in(noise_key, index), x.shape,
+                             config.input_noise / jnp.asarray(shapes.STD))
+
     def loss_fn(model):
-      logits = model(_normalise(images))
+      logits = model(x)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
     (loss, acc), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -125,7 +152,8 @@ def train(config: ShapesTraining = ShapesTraining(), progress: bool = True):
       images, labels = queued
       if i + block < config.steps:
         queued = batches(i + block)  # dispatched now, computed meanwhile
-    loss, acc = step(model, optimizer, images[i % block], labels[i % block])
+    loss, acc = step(model, optimizer, images[i % block], labels[i % block],
+                     jnp.int32(i))
     if bar is not None and (i % 10 == 9 or i == config.steps - 1):
       loss, acc = float(loss), float(acc)
       loss_avg = loss if loss_avg is None else 0.8 * loss_avg + 0.2 * loss
@@ -134,6 +162,17 @@ def train(config: ShapesTraining = ShapesTraining(), progress: bool = True):
       bar.update(i + 1 - bar.n)
   if bar is not None:
     bar.close()
+  if config.input_noise:
+    # Batch norm's running statistics describe noisy images; evaluation sees clean ones.
+    # Re-estimate them on 40 clean batches (never trained on) in training mode, without
+    # a gradient step: the momentum 0.9 leaves 1.5% of the noisy estimate.
+    @nnx.jit
+    def recalibrate(model, images):
+      model(_normalise(images))
+    for j in range(-(-_RECALIBRATION_BATCHES // block)):
+      images, _ = batches(config.steps + j * block)
+      for b in range(block):
+        recalibrate(model, images[b])
   model.eval()
   apply, _, params = models.functionalize(model)
   params = jax.tree.map(np.asarray, params)
