@@ -9,6 +9,7 @@ from the shapes stream (seed, 0), generated a few steps ahead) and the held-out 
 
 import dataclasses
 import os
+import subprocess
 import sys
 import time
 
@@ -18,8 +19,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxviz import checkpoint, models, shapes
-from jaxviz.errors import InputError
+from jaxviz import _xla_flags, checkpoint, models, shapes
+from jaxviz.errors import InputError, JaxvizError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,13 +192,34 @@ def train(config: ShapesTraining = ShapesTraining(), progress: bool = True):
 def ensure_weights(seed: int = 0, progress: bool = True) -> str:
   """The cached trained shapes model of `seed`, training (and caching) it if missing.
 
-  Training takes about 2.5 minutes on two CPU cores (2500 steps); the file is written
-  atomically, so an interrupted run leaves nothing half-written behind.
+  Training takes about 2.5 minutes on two CPU cores (2500 steps). It runs in a child
+  process without jaxviz's XLA:CPU defaults (`jaxviz._xla_flags`: they speed up input
+  gradients but halve the training speed), so the model's bits do not depend on the
+  calling process's XLA settings. The file is written atomically, so an interrupted run
+  leaves nothing half-written behind.
   """
   path = weights_path(seed)
   if not os.path.isfile(path):
     print(f'training the shapes model (seed {seed}; about 2.5 minutes on 2 CPU cores), '
           f'cached at {path}', file=sys.stderr)
-    params, metadata = train(ShapesTraining(seed=seed), progress=progress)
-    checkpoint.save(path, params, metadata)
+    command = [sys.executable, '-c', 'import sys; from jaxviz import training; '
+               'training._main(sys.argv[1:])', f'--seed={seed}', f'--output={path}']
+    if not progress:
+      command.append('--no-progress')
+    status = subprocess.run(command, env=_xla_flags.env_without_defaults()).returncode
+    if status != 0 or not os.path.isfile(path):
+      raise JaxvizError(f'training the shapes model failed (exit status {status}; its '
+                        f'messages are above)')
   return path
+
+
+def _main(argv=None):
+  import argparse
+  parser = argparse.ArgumentParser(description='Trains the shapes model with the default '
+                                   'settings (used by ensure_weights).')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--output', required=True)
+  parser.add_argument('--no-progress', dest='progress', action='store_false')
+  args = parser.parse_args(argv)
+  params, metadata = train(ShapesTraining(seed=args.seed), progress=args.progress)
+  checkpoint.save(args.output, params, metadata)

@@ -315,6 +315,7 @@ def print_tables(results: dict):
   m = results['machine']
   print(f"{m['cpu_model'] or m['processor']}, {m['cpu_count']} CPUs, jax {m['jax']}, torch "
         f"{m['torch']} ({m['torch_threads']} threads), load average {m['load_average'][0]:.2f}")
+  print(f"XLA_FLAGS: {m['xla_flags'] or '(none)'}")
   print(f"\nGEMM float32 {gemm['n']}^3: jax {gemm['jax_gflops']:.1f} GFLOP/s, torch "
         f"{gemm['torch_gflops']:.1f} GFLOP/s (reference: {gemm['best_gflops']:.1f})")
   for name, r in results['models'].items():

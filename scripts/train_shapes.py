@@ -9,10 +9,15 @@ choosing the seed, the step count or the training noise, retraining, or writing 
 
 import os
 
-from absl import app, flags
+# Trains with XLA:CPU's own defaults, like load_model('shapes'): jaxviz's CPU setting for
+# input gradients halves the training speed (jaxviz/_xla_flags.py). Set before jaxviz is
+# imported; JAXVIZ_XLA_DEFAULTS=1 overrides it.
+os.environ.setdefault('JAXVIZ_XLA_DEFAULTS', '0')
 
-from jaxviz import checkpoint, training
-import common
+from absl import app, flags  # noqa: E402
+
+from jaxviz import checkpoint, training  # noqa: E402
+import common  # noqa: E402
 
 _SEED = flags.DEFINE_integer('seed', 0, 'Init and data seed.')
 _STEPS = flags.DEFINE_integer('steps', training.ShapesTraining.steps, 'Optimiser steps.',

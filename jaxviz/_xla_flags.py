@@ -1,0 +1,46 @@
+"""XLA:CPU settings jaxviz applies when it is imported (before JAX's first computation).
+
+`--xla_cpu_experimental_ynn_fusion_type=` (an empty list) stops XLA:CPU from handing
+convolutions to its YNNPACK fusions; they then run on XLA's default (Eigen) kernels, which
+are faster on these networks' layers: SqueezeNet 1.1's input-gradient step at batch 16
+took 0.17-0.19 s against 0.27-0.28 s, VGG16's at batch 1 0.37-0.38 s against 0.39-0.40 s
+(2-core AMD EPYC, alternating processes; README, Performance). Results change only by
+float rounding (the equivalence tests hold either way).
+
+Applied only on CPU-capable processes whose XLA_FLAGS do not set that flag already, and
+only if no JAX backend exists yet (XLA reads XLA_FLAGS once, when it creates a backend).
+`JAXVIZ_XLA_DEFAULTS=0` turns it off. Training is the exception: YNNPACK's kernels train
+the shapes model 2x faster, so `jaxviz.training.ensure_weights` trains in a child process
+without this flag.
+"""
+
+import os
+
+CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',)
+USER_XLA_FLAGS = os.environ.get('XLA_FLAGS')  # as the process started, before ours
+
+
+def apply_defaults() -> bool:
+  """Adds CPU_FLAGS to XLA_FLAGS if still possible; returns whether they are in effect."""
+  if os.environ.get('JAXVIZ_XLA_DEFAULTS', '1') == '0':
+    return False
+  flags = os.environ.get('XLA_FLAGS', '')
+  missing = [f for f in CPU_FLAGS if f.split('=')[0] not in flags]
+  if not missing:
+    return all(f in flags.split() for f in CPU_FLAGS)
+  from jax._src import xla_bridge  # no public way to ask whether a backend exists
+  if xla_bridge.backends_are_initialized():
+    return False
+  os.environ['XLA_FLAGS'] = ' '.join([flags, *missing]).strip()
+  return True
+
+
+def env_without_defaults() -> dict:
+  """This process's environment as it would be without jaxviz's XLA defaults (for a child
+  process): the caller's own XLA_FLAGS, and JAXVIZ_XLA_DEFAULTS=0."""
+  env = dict(os.environ, JAXVIZ_XLA_DEFAULTS='0')
+  if USER_XLA_FLAGS is None:
+    env.pop('XLA_FLAGS', None)
+  else:
+    env['XLA_FLAGS'] = USER_XLA_FLAGS
+  return env

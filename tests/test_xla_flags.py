@@ -1,0 +1,36 @@
+"""jaxviz's XLA:CPU setting (jaxviz/_xla_flags.py): applied on import, kept out of training."""
+
+import os
+import subprocess
+import sys
+
+FLAG = '--xla_cpu_experimental_ynn_fusion_type='
+REPORT = ('import os, sys; {before}import jaxviz; from jaxviz import _xla_flags; '
+          'print(jaxviz.XLA_DEFAULTS_APPLIED); print(os.environ.get("XLA_FLAGS")); '
+          'print(_xla_flags.env_without_defaults().get("XLA_FLAGS"))')
+
+
+def _report(before='', **env):
+  environ = {k: v for k, v in os.environ.items()
+             if k not in ('XLA_FLAGS', 'JAXVIZ_XLA_DEFAULTS')}
+  environ.update(env)
+  out = subprocess.run([sys.executable, '-c', REPORT.format(before=before)], env=environ,
+                       capture_output=True, text=True, check=True).stdout.splitlines()
+  return out[0] == 'True', out[1], out[2]
+
+
+def test_applied_on_import_keeping_the_users_flags():
+  assert _report() == (True, FLAG, 'None')
+  # The user's own flags stay, ours are appended; a child process gets the user's back.
+  own = '--xla_cpu_enable_fast_math=false'
+  assert _report(XLA_FLAGS=own) == (True, f'{own} {FLAG}', own)
+
+
+def test_off_when_asked_set_by_the_user_or_too_late():
+  assert _report(JAXVIZ_XLA_DEFAULTS='0') == (False, 'None', 'None')
+  # The user chose a value for the flag: theirs wins, and it is not ours.
+  other = '--xla_cpu_experimental_ynn_fusion_type=dot'
+  assert _report(XLA_FLAGS=other) == (False, other, other)
+  # A backend already exists: XLA has read XLA_FLAGS, so changing it would be a lie.
+  late = _report(before='import jax; jax.numpy.zeros(1).block_until_ready(); ')
+  assert late == (False, 'None', 'None')
