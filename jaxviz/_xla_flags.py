@@ -7,7 +7,7 @@ took 0.17-0.19 s against 0.27-0.28 s, VGG16's at batch 1 0.37-0.38 s against 0.3
 (2-core AMD EPYC, alternating processes; README, Performance). Results change only by
 float rounding (the equivalence tests hold either way).
 
-Applied only on CPU-capable processes whose XLA_FLAGS do not set that flag already, and
+Applied (it concerns only the CPU backend) unless XLA_FLAGS sets that flag already, and
 only if no JAX backend exists yet (XLA reads XLA_FLAGS once, when it creates a backend).
 `JAXVIZ_XLA_DEFAULTS=0` turns it off. Training is the exception: YNNPACK's kernels train
 the shapes model 2x faster, so `jaxviz.training.ensure_weights` trains in a child process
@@ -17,7 +17,10 @@ without this flag.
 import os
 
 CPU_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',)
-USER_XLA_FLAGS = os.environ.get('XLA_FLAGS')  # as the process started, before ours
+# XLA_FLAGS as it was before jaxviz added to it, kept in the environment so that child
+# processes (pytest-xdist workers, the training process) can tell the user's flags from
+# ours; unset when jaxviz added nothing.
+_BEFORE = 'JAXVIZ_XLA_FLAGS_BEFORE'
 
 
 def apply_defaults() -> bool:
@@ -31,6 +34,7 @@ def apply_defaults() -> bool:
   from jax._src import xla_bridge  # no public way to ask whether a backend exists
   if xla_bridge.backends_are_initialized():
     return False
+  os.environ[_BEFORE] = flags
   os.environ['XLA_FLAGS'] = ' '.join([flags, *missing]).strip()
   return True
 
@@ -39,8 +43,10 @@ def env_without_defaults() -> dict:
   """This process's environment as it would be without jaxviz's XLA defaults (for a child
   process): the caller's own XLA_FLAGS, and JAXVIZ_XLA_DEFAULTS=0."""
   env = dict(os.environ, JAXVIZ_XLA_DEFAULTS='0')
-  if USER_XLA_FLAGS is None:
-    env.pop('XLA_FLAGS', None)
-  else:
-    env['XLA_FLAGS'] = USER_XLA_FLAGS
+  if _BEFORE in env:
+    user = env.pop(_BEFORE)
+    if user:
+      env['XLA_FLAGS'] = user
+    else:
+      env.pop('XLA_FLAGS', None)
   return env

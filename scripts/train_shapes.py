@@ -4,7 +4,8 @@
       [--output=PATH] [--force]
 
 load_model('shapes') and the scripts train it on first use anyway; this script is for
-choosing the seed, the step count or the training noise, retraining, or writing the file elsewhere.
+choosing the seed, the step count or the training noise, retraining, or writing the file
+elsewhere.
 """
 
 import os

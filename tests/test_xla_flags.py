@@ -12,7 +12,7 @@ REPORT = ('import os, sys; {before}import jaxviz; from jaxviz import _xla_flags;
 
 def _report(before='', **env):
   environ = {k: v for k, v in os.environ.items()
-             if k not in ('XLA_FLAGS', 'JAXVIZ_XLA_DEFAULTS')}
+             if k not in ('XLA_FLAGS', 'JAXVIZ_XLA_DEFAULTS', 'JAXVIZ_XLA_FLAGS_BEFORE')}
   environ.update(env)
   out = subprocess.run([sys.executable, '-c', REPORT.format(before=before)], env=environ,
                        capture_output=True, text=True, check=True).stdout.splitlines()
@@ -24,6 +24,15 @@ def test_applied_on_import_keeping_the_users_flags():
   # The user's own flags stay, ours are appended; a child process gets the user's back.
   own = '--xla_cpu_enable_fast_math=false'
   assert _report(XLA_FLAGS=own) == (True, f'{own} {FLAG}', own)
+
+
+def test_a_child_of_a_child_still_gets_the_users_flags():
+  # pytest-xdist workers inherit the controller's XLA_FLAGS, ours included: the training
+  # process they start must still run without our flag.
+  own = '--xla_cpu_enable_fast_math=false'
+  inherited = dict(XLA_FLAGS=f'{own} {FLAG}', JAXVIZ_XLA_FLAGS_BEFORE=own)
+  assert _report(**inherited) == (True, f'{own} {FLAG}', own)
+  assert _report(XLA_FLAGS=FLAG, JAXVIZ_XLA_FLAGS_BEFORE='') == (True, FLAG, 'None')
 
 
 def test_off_when_asked_set_by_the_user_or_too_late():
