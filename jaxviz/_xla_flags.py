@@ -1,4 +1,4 @@
-"""XLA:CPU settings jaxviz applies when it is imported (before JAX's first computation).
+"""An opt-in XLA:CPU setting jaxviz applies when it is imported: JAXVIZ_XLA_DEFAULTS=1.
 
 `--xla_cpu_experimental_ynn_fusion_type=` (an empty list) stops XLA:CPU from handing
 convolutions to its YNNPACK fusions; they then run on XLA's default (Eigen) kernels, which
@@ -7,11 +7,12 @@ took 0.17-0.19 s against 0.27-0.28 s, VGG16's at batch 1 0.37-0.38 s against 0.3
 (2-core AMD EPYC, alternating processes; README, Performance). Results change only by
 float rounding (the equivalence tests hold either way).
 
-Applied (it concerns only the CPU backend) unless XLA_FLAGS sets that flag already, and
-only if no JAX backend exists yet (XLA reads XLA_FLAGS once, when it creates a backend).
-`JAXVIZ_XLA_DEFAULTS=0` turns it off. Training is the exception: YNNPACK's kernels train
-the shapes model 2x faster, so `jaxviz.training.ensure_weights` trains in a child process
-without this flag.
+It is a trade-off, so it is off unless asked for: VGG16's batched steps run 20-25% slower
+with it, float64 convolutions (the equivalence tests) several times slower, and the
+shapes model trains 2x slower, so `jaxviz.training.ensure_weights` always trains in a
+child process without it. With `JAXVIZ_XLA_DEFAULTS=1` it is applied (it concerns only
+the CPU backend) unless XLA_FLAGS sets that flag already, and only if no JAX backend
+exists yet (XLA reads XLA_FLAGS once, when it creates a backend).
 """
 
 import os
@@ -25,7 +26,7 @@ _BEFORE = 'JAXVIZ_XLA_FLAGS_BEFORE'
 
 def apply_defaults() -> bool:
   """Adds CPU_FLAGS to XLA_FLAGS if still possible; returns whether they are in effect."""
-  if os.environ.get('JAXVIZ_XLA_DEFAULTS', '1') == '0':
+  if os.environ.get('JAXVIZ_XLA_DEFAULTS', '0') != '1':
     return False
   flags = os.environ.get('XLA_FLAGS', '')
   missing = [f for f in CPU_FLAGS if f.split('=')[0] not in flags]

@@ -193,8 +193,8 @@ def ensure_weights(seed: int = 0, progress: bool = True) -> str:
   """The cached trained shapes model of `seed`, training (and caching) it if missing.
 
   Training takes about 2.5 minutes on two CPU cores (2500 steps). It runs in a child
-  process without jaxviz's XLA:CPU defaults (`jaxviz._xla_flags`: they speed up input
-  gradients but halve the training speed), so the model's bits do not depend on the
+  process without jaxviz's opt-in XLA:CPU setting (`jaxviz._xla_flags`: it speeds up
+  input gradients but halves the training speed), so the model's bits do not depend on the
   calling process's XLA settings. The file is written atomically, so an interrupted run
   leaves nothing half-written behind.
   """

@@ -10,10 +10,10 @@ elsewhere.
 
 import os
 
-# Trains with XLA:CPU's own defaults, like load_model('shapes'): jaxviz's CPU setting for
-# input gradients halves the training speed (jaxviz/_xla_flags.py). Set before jaxviz is
-# imported; JAXVIZ_XLA_DEFAULTS=1 overrides it.
-os.environ.setdefault('JAXVIZ_XLA_DEFAULTS', '0')
+# Trains with XLA:CPU's own defaults, like load_model('shapes'), even under
+# JAXVIZ_XLA_DEFAULTS=1: that setting halves the training speed (jaxviz/_xla_flags.py).
+# Set before jaxviz is imported.
+os.environ['JAXVIZ_XLA_DEFAULTS'] = '0'
 
 from absl import app, flags  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""jaxviz's XLA:CPU setting (jaxviz/_xla_flags.py): applied on import, kept out of training."""
+"""jaxviz's opt-in XLA:CPU setting (jaxviz/_xla_flags.py): applied on import when asked
+for, kept out of training."""
 
 import os
 import subprocess
@@ -19,27 +20,35 @@ def _report(before='', **env):
   return out[0] == 'True', out[1], out[2]
 
 
+def test_off_by_default():
+  assert _report() == (False, 'None', 'None')
+  assert _report(XLA_FLAGS='--xla_cpu_enable_fast_math=false')[0] is False
+
+
 def test_applied_on_import_keeping_the_users_flags():
-  assert _report() == (True, FLAG, 'None')
+  assert _report(JAXVIZ_XLA_DEFAULTS='1') == (True, FLAG, 'None')
   # The user's own flags stay, ours are appended; a child process gets the user's back.
   own = '--xla_cpu_enable_fast_math=false'
-  assert _report(XLA_FLAGS=own) == (True, f'{own} {FLAG}', own)
+  assert _report(XLA_FLAGS=own, JAXVIZ_XLA_DEFAULTS='1') == (True, f'{own} {FLAG}', own)
 
 
 def test_a_child_of_a_child_still_gets_the_users_flags():
   # pytest-xdist workers inherit the controller's XLA_FLAGS, ours included: the training
   # process they start must still run without our flag.
   own = '--xla_cpu_enable_fast_math=false'
-  inherited = dict(XLA_FLAGS=f'{own} {FLAG}', JAXVIZ_XLA_FLAGS_BEFORE=own)
+  inherited = dict(XLA_FLAGS=f'{own} {FLAG}', JAXVIZ_XLA_FLAGS_BEFORE=own,
+                   JAXVIZ_XLA_DEFAULTS='1')
   assert _report(**inherited) == (True, f'{own} {FLAG}', own)
-  assert _report(XLA_FLAGS=FLAG, JAXVIZ_XLA_FLAGS_BEFORE='') == (True, FLAG, 'None')
+  assert _report(XLA_FLAGS=FLAG, JAXVIZ_XLA_FLAGS_BEFORE='',
+                 JAXVIZ_XLA_DEFAULTS='1') == (True, FLAG, 'None')
 
 
-def test_off_when_asked_set_by_the_user_or_too_late():
+def test_off_when_not_asked_set_by_the_user_or_too_late():
   assert _report(JAXVIZ_XLA_DEFAULTS='0') == (False, 'None', 'None')
   # The user chose a value for the flag: theirs wins, and it is not ours.
   other = '--xla_cpu_experimental_ynn_fusion_type=dot'
-  assert _report(XLA_FLAGS=other) == (False, other, other)
+  assert _report(XLA_FLAGS=other, JAXVIZ_XLA_DEFAULTS='1') == (False, other, other)
   # A backend already exists: XLA has read XLA_FLAGS, so changing it would be a lie.
-  late = _report(before='import jax; jax.numpy.zeros(1).block_until_ready(); ')
+  late = _report(before='import jax; jax.numpy.zeros(1).block_until_ready(); ',
+                 JAXVIZ_XLA_DEFAULTS='1')
   assert late == (False, 'None', 'None')
