@@ -8,8 +8,8 @@ took 0.17-0.19 s against 0.27-0.28 s, VGG16's at batch 1 0.37-0.38 s against 0.3
 float rounding (the equivalence tests hold either way).
 
 It is a trade-off, so it is off unless asked for: VGG16's batched steps run 20-25% slower
-with it, float64 convolutions (the equivalence tests) several times slower, and the
-shapes model trains 2x slower, so `jaxviz.training.ensure_weights` always trains in a
+with it, the float64 VGG equivalence tests many times slower (a CI run with it on did not
+finish them in 20 minutes), and the shapes model trains 2x slower, so `jaxviz.training.ensure_weights` always trains in a
 child process without it. With `JAXVIZ_XLA_DEFAULTS=1` it is applied (it concerns only
 the CPU backend) unless XLA_FLAGS sets that flag already, and only if no JAX backend
 exists yet (XLA reads XLA_FLAGS once, when it creates a backend).
