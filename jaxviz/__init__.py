@@ -3,10 +3,6 @@
 Data flows one way: files -> `data` -> `preprocess` -> `models` -> `methods` -> `figures`.
 """
 
-from jaxviz import _xla_flags
-
-XLA_DEFAULTS_APPLIED = _xla_flags.apply_defaults()  # opt-in CPU setting (see module)
-
 from jaxviz.errors import InputError, JaxvizError, WeightsError
 from jaxviz.loading import Model, cache_dir, imagenet_class_names, load_model
 from jaxviz.models import ARCHITECTURES

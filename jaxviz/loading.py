@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import checkpoint, models, shapes, training
+from jaxviz import checkpoint, kernels, models, shapes, training
 from jaxviz import preprocess as pre
 from jaxviz.errors import InputError, WeightsError
 
@@ -187,6 +187,7 @@ def load_model(name: str, weights: str | None = None, *, seed: int = 0,
     mean, std = tuple(metadata['mean']), tuple(metadata['std'])
     module = models.build_abstract(name, num_classes=len(class_names))
   apply, hooked_apply, params = models.functionalize(module)
+  kernels.register(apply, name)
   if weights != 'random':
     params = fill_params(params, flat, source=path)
   if dtype is not None:

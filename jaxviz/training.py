@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxviz import _xla_flags, checkpoint, models, shapes
+from jaxviz import checkpoint, models, shapes
 from jaxviz.errors import InputError, JaxvizError
 
 
@@ -193,10 +193,10 @@ def ensure_weights(seed: int = 0, progress: bool = True) -> str:
   """The cached trained shapes model of `seed`, training (and caching) it if missing.
 
   Training takes about 2.5 minutes on two CPU cores (2500 steps). It runs in a child
-  process without jaxviz's opt-in XLA:CPU setting (`jaxviz._xla_flags`: it speeds up
-  input gradients but halves the training speed), so the model's bits do not depend on the
-  calling process's XLA settings. The file is written atomically, so an interrupted run
-  leaves nothing half-written behind.
+  process, so the model's bits do not depend on the calling process's JAX state (float64
+  enabled, say, as the equivalence tests do); the result is bit-identical to training in a
+  fresh process. The file is written atomically, so an interrupted run leaves nothing
+  half-written behind.
   """
   path = weights_path(seed)
   if not os.path.isfile(path):
@@ -206,7 +206,7 @@ def ensure_weights(seed: int = 0, progress: bool = True) -> str:
                'training._main(sys.argv[1:])', f'--seed={seed}', f'--output={path}']
     if not progress:
       command.append('--no-progress')
-    status = subprocess.run(command, env=_xla_flags.env_without_defaults()).returncode
+    status = subprocess.run(command).returncode
     if status != 0 or not os.path.isfile(path):
       raise JaxvizError(f'training the shapes model failed (exit status {status}; its '
                         f'messages are above)')

@@ -77,6 +77,10 @@ _OMP_WAIT_POLICY = flags.DEFINE_enum(
     'omp_wait_policy', None, ['ACTIVE', 'PASSIVE'], "Sets $OMP_WAIT_POLICY for torch's "
     'OpenMP threads before torch loads (default: left as it is). With other processes on '
     "the cores, OpenMP's spinning threads can slow torch many-fold; PASSIVE avoids that.")
+_CPU_KERNELS = flags.DEFINE_enum(
+    'cpu_kernels', 'auto', jaxviz.kernels.CHOICES,
+    "XLA:CPU's convolution kernels for jaxviz's methods (jaxviz.kernels): auto (those "
+    'measured fastest per model), xla (its default, YNNPACK fusions) or eigen.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and inputs.')
 _OUTPUT_JSON = flags.DEFINE_string('output_json', os.path.join('outputs', 'benchmark.json'),
                                    'Where the results go (JSON).')
@@ -194,7 +198,8 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
   rng = np.random.default_rng(cfg['seed'])
   images = lambda n: rng.standard_normal((n, size, size, 3), np.float32)
   wait = jax.block_until_ready
-  out = {'workloads': {}}
+  kernels = cfg['cpu_kernels']
+  out = {'workloads': {}, 'cpu_kernels': jaxviz.kernels.resolve(kernels, apply, np.float32)}
 
   # Both sides must compute the same function.
   probe = images(2)
@@ -209,7 +214,7 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
   labels = rng.integers(0, model.num_classes, len(x)).astype(np.int32)
   tx, ty = to_torch(x), torch.from_numpy(labels.astype(np.int64))
   out['workloads']['saliency'] = dict(compare(
-      lambda: wait(jaxviz.saliency_maps(apply, params, x, labels)),
+      lambda: wait(jaxviz.saliency_maps(apply, params, x, labels, cpu_kernels=kernels)),
       lambda: torch_course.saliency(tmodel, tx, ty), repeats), images=len(x))
 
   # 1b. Fooling, a fixed number of steps per image.
@@ -220,7 +225,8 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
 
   def jax_fooling():
     r = wait(jaxviz.fooling_images(apply, params, x, targets, learning_rate=lr,
-                                   max_iterations=steps, chunk_size=cfg['chunk_size']))
+                                   max_iterations=steps, chunk_size=cfg['chunk_size'],
+                                   cpu_kernels=kernels))
     assert np.all(np.asarray(r.iterations) == steps), f'jaxviz took {r.iterations} steps'
 
   def torch_fooling():
@@ -240,7 +246,8 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
   def jax_classviz():
     wait(jaxviz.class_visualization(apply, params, [target], key,
                                     image_shape=(size, size, 3), num_iterations=steps,
-                                    clamp=(low, high), chunk_size=cfg['chunk_size']).images)
+                                    clamp=(low, high), chunk_size=cfg['chunk_size'],
+                                    cpu_kernels=kernels).images)
 
   def torch_classviz():
     init = torch.randn(1, 3, size, size)
@@ -258,11 +265,13 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
     x = images(b)
     labels = rng.integers(0, model.num_classes, b).astype(np.int32)
     tx, ty = to_torch(x), torch.from_numpy(labels.astype(np.int64))
-    r = compare(lambda: wait(jaxviz.saliency_maps(apply, params, x, labels)),
+    r = compare(lambda: wait(jaxviz.saliency_maps(apply, params, x, labels,
+                                                  cpu_kernels=kernels)),
                 lambda: torch_course.saliency(tmodel, tx, ty), repeats)
     # After the timed calls, so that the first call above is the one that compiles
     # (lower + compile of the same arguments then hits jax's cache).
-    flops = xla_flops(saliency_module._saliency_maps.lower(
+    program = saliency_module._compiled_saliency_maps(out['cpu_kernels'])
+    flops = xla_flops(program.lower(
         apply, params, jnp.asarray(x), jnp.asarray(labels), 'score').compile())
     row = {'batch': b, 'flops': flops,
            'jax_images_per_s': b / r['jax_s'], 'torch_images_per_s': b / r['torch_s'],
@@ -319,7 +328,8 @@ def print_tables(results: dict):
   print(f"\nGEMM float32 {gemm['n']}^3: jax {gemm['jax_gflops']:.1f} GFLOP/s, torch "
         f"{gemm['torch_gflops']:.1f} GFLOP/s (reference: {gemm['best_gflops']:.1f})")
   for name, r in results['models'].items():
-    print(f"\n{name} (logits rel. err jax vs torch {r['logits_rel_err']:.1e})")
+    print(f"\n{name} (logits rel. err jax vs torch {r['logits_rel_err']:.1e}; jaxviz on "
+          f"XLA:CPU's {r['cpu_kernels']} convolution kernels)")
     print(f"{'workload':<34}{'jax s':>10}{'torch s':>10}{'torch/jax':>11}"
           f"{'jax 1st s':>11}{'compile s':>11}{'maxRSS MiB':>12}")
     for w, m in r['workloads'].items():
@@ -367,7 +377,7 @@ def main(argv):
       'chunk_size': _CHUNK_SIZE.value,
       'batch_sizes': [1, 4] if quick else [int(b) for b in _BATCH_SIZES.value],
       'gemm_size': 512 if quick else _GEMM_SIZE.value,
-      'seed': _SEED.value, 'quick': quick,
+      'cpu_kernels': _CPU_KERNELS.value, 'seed': _SEED.value, 'quick': quick,
   }
   results = {'machine': machine_info(torch), 'config': cfg, 'models': {}}
   results['gemm'] = gemm_rate(cfg['gemm_size'], cfg['repeats'])

@@ -10,15 +10,10 @@ elsewhere.
 
 import os
 
-# Trains with XLA:CPU's own defaults, like load_model('shapes'), even under
-# JAXVIZ_XLA_DEFAULTS=1: that setting halves the training speed (jaxviz/_xla_flags.py).
-# Set before jaxviz is imported.
-os.environ['JAXVIZ_XLA_DEFAULTS'] = '0'
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from jaxviz import checkpoint, training  # noqa: E402
-import common  # noqa: E402
+from jaxviz import checkpoint, training
+import common
 
 _SEED = flags.DEFINE_integer('seed', 0, 'Init and data seed.')
 _STEPS = flags.DEFINE_integer('steps', training.ShapesTraining.steps, 'Optimiser steps.',

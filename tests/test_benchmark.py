@@ -43,6 +43,7 @@ def test_quick_benchmark_writes_results(tmp_path):
 
   model = results['models']['squeezenet1_1']
   assert model['logits_rel_err'] < 1e-3  # both sides compute the same network
+  assert model['cpu_kernels'] == 'eigen'  # 'auto' for SqueezeNet in float32 on CPU
   assert set(model['workloads']) == set(WORKLOADS)
   for name in WORKLOADS:
     w = model['workloads'][name]

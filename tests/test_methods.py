@@ -465,3 +465,62 @@ def test_jitter_roll_equals_jnp_roll():
   for i in range(2):
     np.testing.assert_array_equal(got[i], jnp.roll(x[i], tuple(shifts[i + 1].tolist()),
                                                    axis=(0, 1)))
+
+
+# ---- XLA:CPU's convolution kernels, chosen per program (jaxviz/kernels.py) ------------
+
+def test_cpu_kernels_auto_follows_the_model_and_dtype(model):
+  from jaxviz import kernels
+  on_cpu = jax.default_backend() == 'cpu'
+  assert kernels.resolve('auto', model.apply, np.float32) == ('eigen' if on_cpu else 'xla')
+  assert kernels.resolve('auto', model.apply, np.float64) == 'xla'  # Eigen: 3-25x slower
+  assert kernels.resolve('auto', model.hooked_apply, np.float32) == 'xla'  # not registered
+  assert kernels.resolve('auto', lambda p, x: x, np.float32) == 'xla'
+
+  def vgg_apply(params, images):
+    return images
+  kernels.register(vgg_apply, 'vgg16')  # batched VGG16 is slower on Eigen
+  assert kernels.resolve('auto', vgg_apply, np.float32) == 'xla'
+  for forced in ('xla', 'eigen'):
+    assert kernels.resolve(forced, vgg_apply, np.float64) == forced
+  with pytest.raises(InputError, match="cpu_kernels must be one of 'auto', 'xla', 'eigen'"):
+    jaxviz.saliency_maps(model.apply, model.params, np.zeros((1, 32, 32, 3), np.float32),
+                         [1], cpu_kernels='onednn')
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU kernels')
+def test_cpu_kernels_compile_apart_and_agree_to_round_off(model, images):
+  from jaxviz.methods import saliency
+  labels = np.array([1, 2, 3])
+  x = jnp.asarray(images[:3, :71, :73])  # a shape no other test compiles
+  programs = {k: saliency._compiled_saliency_maps(k) for k in ('xla', 'eigen')}
+  texts = {k: p.lower(model.apply, model.params, x, labels, 'score').compile().as_text()
+           for k, p in programs.items()}
+  assert 'ynn_fusion' in texts['xla'] and 'ynn_fusion' not in texts['eigen']
+
+  before = {k: p._cache_size() for k, p in programs.items()}
+  auto = jaxviz.saliency_maps(model.apply, model.params, x, labels)  # 'eigen' for SqueezeNet
+  assert programs['eigen']._cache_size() == before['eigen'] + 1
+  assert programs['xla']._cache_size() == before['xla']
+  xla = jaxviz.saliency_maps(model.apply, model.params, x, labels, cpu_kernels='xla')
+  # Same function, other kernels: summation order only (measured 5e-7 relative at 96 px);
+  # any semantic difference would be >= 1e-3.
+  assert 0 < rel_err(auto, xla) <= 1e-4
+  # Fooling and class visualisation compile the variant asked for, and agree.
+  import importlib  # the package's `class_visualization` is the function, not the module
+  cv = importlib.import_module('jaxviz.methods.class_visualization')
+  fooling = importlib.import_module('jaxviz.methods.fooling')
+  for variants, method in (
+      (fooling._compiled_fooling_images,
+       lambda k: jaxviz.fooling_images(model.apply, model.params, x[:1], [5],
+                                       max_iterations=3, cpu_kernels=k).images),
+      (cv._compiled_class_visualization,
+       lambda k: jaxviz.class_visualization(model.apply, model.params, [5], jax.random.key(0),
+                                            image_shape=(47, 49, 3), num_iterations=3,
+                                            cpu_kernels=k).images)):
+    results = {}
+    for k in ('eigen', 'xla'):
+      before = variants(k)._cache_size()
+      results[k] = method(k)
+      assert variants(k)._cache_size() == before + 1, k
+    assert rel_err(results['eigen'], results['xla']) <= 1e-4

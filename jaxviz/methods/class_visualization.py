@@ -1,6 +1,5 @@
 """Class visualisation (Simonyan et al. 2014; Yosinski et al. 2015), as in the course."""
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -9,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxviz import parallel
+from jaxviz import kernels, parallel
 from jaxviz.errors import InputError
 from jaxviz.methods import _checks
 from jaxviz.methods._canonical import canonical_convs_ahead
@@ -160,7 +159,6 @@ _STATIC = ('apply_fn', 'image_shape', 'num_iterations', 'blur_every', 'blur_sigm
            'chunk_size', 'mesh')
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def _class_visualization(apply_fn, params, targets, keys, init, learning_rate, l2_reg, low,
                          high, *, image_shape, random_init, num_iterations, progress,
                          chunk_size=None, mesh=None, **static):
@@ -202,6 +200,9 @@ def _class_visualization(apply_fn, params, targets, keys, init, learning_rate, l
           params, targets, keys, init, learning_rate, l2_reg, low, high)
 
 
+_compiled_class_visualization = kernels.jit(_class_visualization, static_argnames=_STATIC)
+
+
 def class_visualization(apply_fn, params, targets, key, *, init=None,
                         image_shape=(224, 224, 3), num_iterations: int = 200,
                         learning_rate=5.0, l2_reg=1e-3, blur_every: int = 10,
@@ -209,7 +210,8 @@ def class_visualization(apply_fn, params, targets, key, *, init=None,
                         optimizer: optax.GradientTransformation | None = None,
                         snapshot_every: int = 0, progress: Callable | None = None,
                         dtype=jnp.float32, chunk_size: int | None = None,
-                        devices: parallel.Devices = None) -> ClassVisualization:
+                        devices: parallel.Devices = None,
+                        cpu_kernels: str = 'auto') -> ClassVisualization:
   """Images that the model scores highly as each target class.
 
   Each step (the course's algorithm, eq. 3-4): roll the image by random (ox, oy) in
@@ -246,6 +248,8 @@ def class_visualization(apply_fn, params, targets, key, *, init=None,
       batch), the whole batch on GPU/TPU. See `jaxviz.parallel.loop_chunk_size`.
     devices: split the images over these devices: None for every local device, a list
       of devices, or a Mesh with a 'data' axis. See `jaxviz.parallel`.
+    cpu_kernels: XLA:CPU's convolution kernels: 'auto' (those measured fastest for the
+      model), 'xla' or 'eigen'. See `jaxviz.kernels`.
 
   Returns:
     A `ClassVisualization`.
@@ -294,12 +298,13 @@ def class_visualization(apply_fn, params, targets, key, *, init=None,
   chunk_size = _checks.check_chunk_size(chunk_size)
   if chunk_size is None:
     chunk_size = parallel.loop_chunk_size(mesh)
+  run = _compiled_class_visualization(kernels.resolve(cpu_kernels, apply_fn, dtype))
   per_image = lambda v: jnp.broadcast_to(jnp.asarray(v, dtype), (n,))
   batch = (targets, keys, init, per_image(learning_rate), per_image(l2_reg))
   if mesh is not None:
     batch, n = parallel.shard_batch(batch, mesh)
     params = parallel.replicate(params, mesh)
-  result = _class_visualization(
+  result = run(
       apply_fn, params, *batch, jnp.asarray(low, dtype), jnp.asarray(high, dtype),
       image_shape=tuple(image_shape), random_init=init is None,
       num_iterations=int(num_iterations), blur_every=int(blur_every),

@@ -1,12 +1,11 @@
 """Fooling images (Szegedy et al. 2014), the course's normalised gradient steps."""
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxviz import parallel
+from jaxviz import kernels, parallel
 from jaxviz.methods import _checks
 from jaxviz.methods._canonical import canonical_convs_ahead
 from jaxviz.methods.objectives import objective_grad
@@ -84,7 +83,6 @@ def fooling_image(apply_fn, params, image, target, learning_rate=1.0, max_iterat
   return x, iterations, stalled
 
 
-@functools.partial(jax.jit, static_argnames=('apply_fn', 'objective', 'chunk_size', 'mesh'))
 def _fooling_images(apply_fn, params, images, targets, learning_rate, max_iterations,
                     objective, chunk_size=None, mesh=None):
 
@@ -109,10 +107,14 @@ def _fooling_images(apply_fn, params, images, targets, learning_rate, max_iterat
       params, images, targets, learning_rate, max_iterations)
 
 
+_compiled_fooling_images = kernels.jit(
+    _fooling_images, static_argnames=('apply_fn', 'objective', 'chunk_size', 'mesh'))
+
+
 def fooling_images(apply_fn, params, images, targets, learning_rate=1.0,
                    max_iterations=100, objective: str = 'score', *,
-                   chunk_size: int | None = None,
-                   devices: parallel.Devices = None) -> FoolingResult:
+                   chunk_size: int | None = None, devices: parallel.Devices = None,
+                   cpu_kernels: str = 'auto') -> FoolingResult:
   """`fooling_image` over a batch; each image stops on its own.
 
   Images run in chunks of `chunk_size`, each chunk a vmapped while_loop in which an image
@@ -133,6 +135,8 @@ def fooling_images(apply_fn, params, images, targets, learning_rate=1.0,
       `jaxviz.parallel.loop_chunk_size`.
     devices: split the batch over these devices: None for every local device, a list of
       devices, or a Mesh with a 'data' axis. See `jaxviz.parallel`.
+    cpu_kernels: XLA:CPU's convolution kernels: 'auto' (those measured fastest for the
+      model), 'xla' or 'eigen'. See `jaxviz.kernels`.
 
   Returns:
     A `FoolingResult`.
@@ -148,10 +152,11 @@ def fooling_images(apply_fn, params, images, targets, learning_rate=1.0,
     chunk_size = parallel.loop_chunk_size(mesh)
   learning_rate = jnp.asarray(learning_rate, images.dtype)
   max_iterations = jnp.asarray(max_iterations, jnp.int32)
+  run = _compiled_fooling_images(kernels.resolve(cpu_kernels, apply_fn, images.dtype))
   if mesh is None:
-    return _fooling_images(apply_fn, params, images, targets, learning_rate, max_iterations,
-                           objective, chunk_size)
+    return run(apply_fn, params, images, targets, learning_rate, max_iterations, objective,
+               chunk_size)
   (images, targets), n = parallel.shard_batch((images, targets), mesh)
-  return parallel.unpad(_fooling_images(
+  return parallel.unpad(run(
       apply_fn, parallel.replicate(params, mesh), images, targets, learning_rate,
       max_iterations, objective, chunk_size, mesh), n)

@@ -1,11 +1,9 @@
 """Saliency maps (Simonyan et al. 2014)."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
-from jaxviz import parallel
+from jaxviz import kernels, parallel
 from jaxviz.methods import _checks
 from jaxviz.methods.objectives import objective_grad
 
@@ -31,7 +29,6 @@ def saliency_map(apply_fn, params, image, label, objective: str = 'score'):
   return jnp.abs(grad).max(axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=('apply_fn', 'objective', 'chunk_size', 'mesh'))
 def _saliency_maps(apply_fn, params, images, labels, objective, chunk_size=None, mesh=None):
 
   def local(params, images, labels):  # one device's slice of the batch
@@ -42,8 +39,13 @@ def _saliency_maps(apply_fn, params, images, labels, objective, chunk_size=None,
   return parallel.data_parallel(local, mesh, (False, True, True))(params, images, labels)
 
 
+_compiled_saliency_maps = kernels.jit(
+    _saliency_maps, static_argnames=('apply_fn', 'objective', 'chunk_size', 'mesh'))
+
+
 def saliency_maps(apply_fn, params, images, labels, objective: str = 'score', *,
-                  chunk_size: int | None = None, devices: parallel.Devices = None):
+                  chunk_size: int | None = None, devices: parallel.Devices = None,
+                  cpu_kernels: str = 'auto'):
   """`saliency_map` over a batch: (N, H, W, 3) images, (N,) labels -> (N, H, W).
 
   Compiled once per (apply_fn, shape, objective, chunk_size, devices). Inputs are checked
@@ -56,6 +58,8 @@ def saliency_maps(apply_fn, params, images, labels, objective: str = 'score', *,
       memory; None: all at once). See `jaxviz.parallel.map_chunks`.
     devices: split the batch over these devices: None for every local device, a list of
       devices, or a Mesh with a 'data' axis. See `jaxviz.parallel`.
+    cpu_kernels: XLA:CPU's convolution kernels: 'auto' (those measured fastest for the
+      model), 'xla' or 'eigen'. See `jaxviz.kernels`.
   """
   images = _checks.check_batch(images)
   labels = _checks.check_classes(
@@ -64,8 +68,9 @@ def saliency_maps(apply_fn, params, images, labels, objective: str = 'score', *,
   objective = _checks.check_objective(objective)
   chunk_size = _checks.check_chunk_size(chunk_size)
   mesh = parallel.resolve_mesh(devices)
+  run = _compiled_saliency_maps(kernels.resolve(cpu_kernels, apply_fn, images.dtype))
   if mesh is None:
-    return _saliency_maps(apply_fn, params, images, labels, objective, chunk_size)
+    return run(apply_fn, params, images, labels, objective, chunk_size)
   (images, labels), n = parallel.shard_batch((images, labels), mesh)
-  return parallel.unpad(_saliency_maps(apply_fn, parallel.replicate(params, mesh), images,
-                                       labels, objective, chunk_size, mesh), n)
+  return parallel.unpad(run(apply_fn, parallel.replicate(params, mesh), images, labels,
+                            objective, chunk_size, mesh), n)
