@@ -22,6 +22,11 @@ hits both alike (medians of --repeats rounds, after one warm-up call each):
      its own (batch 1 of item 3): fooling's time per image-step and class
      visualisation's time per step, divided by it. Near 1 the loops add nothing; XLA:CPU
      once made it 1.5-2.7 (see jaxviz/methods/_canonical.py).
+  5. with --conv_profile_batch=B, a profile of the gradient step at batch B: every
+     convolution of its program (forward and input gradient) compiled and timed alone at
+     its own shapes with the same kernels, their sum against the whole step, so the rest
+     is what the step spends outside the convolutions; and the largest of them with
+     their FLOP rates.
 
 Memory: "max RSS" is the process's peak resident set (getrusage) after a workload's first
 calls; it never goes down, so its growth is attributable to a workload only when that
@@ -81,6 +86,9 @@ _CPU_KERNELS = flags.DEFINE_enum(
     'cpu_kernels', 'auto', jaxviz.kernels.CHOICES,
     "XLA:CPU's convolution kernels for jaxviz's methods (jaxviz.kernels): auto (those "
     'measured fastest per model), xla (its default, YNNPACK fusions) or eigen.')
+_CONV_PROFILE_BATCH = flags.DEFINE_integer(
+    'conv_profile_batch', 0, 'If > 0: also time every convolution of the gradient step '
+    'at this batch alone and sum them, against the whole step (item 5).', lower_bound=0)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and inputs.')
 _OUTPUT_JSON = flags.DEFINE_string('output_json', os.path.join('outputs', 'benchmark.json'),
                                    'Where the results go (JSON).')
@@ -175,6 +183,50 @@ def xla_flops(compiled) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get('flops', float('nan')))
+
+
+def conv_profile(model, batch: int, size: int, kernels: str, repeats: int) -> dict:
+  """Item 5: each convolution of saliency_maps' program timed alone, against the step."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)),
+                  jnp.float32)
+  labels = jnp.arange(batch, dtype=jnp.int32) % model.num_classes
+  step = lambda p, x, l: saliency_module._saliency_maps(model.apply, p, x, l, 'score')
+  convs = []
+
+  def collect(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'conv_general_dilated':
+        convs.append(eqn)
+      for value in eqn.params.values():  # sub-programs: pjit, custom_vjp, loops, ...
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+          sub = getattr(sub, 'jaxpr', sub)  # a ClosedJaxpr's Jaxpr
+          if hasattr(sub, 'eqns'):
+            collect(sub)
+
+  collect(jax.make_jaxpr(step)(model.params, x, labels).jaxpr)
+  options = jaxviz.kernels.EIGEN_OPTIONS if kernels == 'eigen' else None
+
+  def median_time(fn, *args):
+    jax.block_until_ready(fn(*args))
+    return statistics.median(timed(lambda: jax.block_until_ready(fn(*args)))
+                             for _ in range(max(repeats, 5)))
+
+  rows = []
+  for eqn in convs:
+    lhs, rhs = (v.aval for v in eqn.invars)
+    fn = jax.jit(lambda a, b, eqn=eqn: jax.lax.conv_general_dilated_p.bind(a, b, **eqn.params),
+                 compiler_options=options)
+    a, b = jnp.full(lhs.shape, 0.5, lhs.dtype), jnp.full(rhs.shape, 0.01, rhs.dtype)
+    flops = xla_flops(fn.lower(a, b).compile())
+    seconds = median_time(fn, a, b)
+    rows.append({'lhs': list(lhs.shape), 'rhs': list(rhs.shape), 's': seconds,
+                 'flops': flops, 'gflops': flops / seconds / 1e9})
+  step_s = median_time(jax.jit(step, compiler_options=options), model.params, x, labels)
+  conv_s = sum(r['s'] for r in rows)
+  return {'batch': batch, 'cpu_kernels': kernels, 'step_s': step_s, 'convolutions': len(rows),
+          'convolutions_s': conv_s, 'rest_s': step_s - conv_s,
+          'convolutions_gflops': sum(r['flops'] for r in rows) / conv_s / 1e9,
+          'largest': sorted(rows, key=lambda r: -r['s'])[:8]}
 
 
 def targets_with_gradient(logits: np.ndarray) -> np.ndarray:
@@ -291,6 +343,10 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
     out['loop_step'] = {'standalone_step_s': step_s, **{
         w: {'jax_s_per_image_step': t, 'vs_standalone': t / step_s}
         for w, t in per_step.items()}}
+
+  if cfg['conv_profile_batch']:  # 5. where the gradient step's time goes
+    out['conv_profile'] = conv_profile(model, cfg['conv_profile_batch'], size,
+                                       out['cpu_kernels'], repeats)
   return out
 
 
@@ -328,8 +384,9 @@ def print_tables(results: dict):
   print(f"\nGEMM float32 {gemm['n']}^3: jax {gemm['jax_gflops']:.1f} GFLOP/s, torch "
         f"{gemm['torch_gflops']:.1f} GFLOP/s (reference: {gemm['best_gflops']:.1f})")
   for name, r in results['models'].items():
+    kernels = {'xla': "XLA's default (on CPU: YNNPACK)", 'eigen': "XLA:CPU's Eigen"}
     print(f"\n{name} (logits rel. err jax vs torch {r['logits_rel_err']:.1e}; jaxviz on "
-          f"XLA:CPU's {r['cpu_kernels']} convolution kernels)")
+          f"{kernels[r['cpu_kernels']]} convolution kernels)")
     print(f"{'workload':<34}{'jax s':>10}{'torch s':>10}{'torch/jax':>11}"
           f"{'jax 1st s':>11}{'compile s':>11}{'maxRSS MiB':>12}")
     for w, m in r['workloads'].items():
@@ -351,6 +408,15 @@ def print_tables(results: dict):
             'batch 1): ' + ', '.join(f"{w} {ls[w]['jax_s_per_image_step']:.4f} s = "
                                      f"{ls[w]['vs_standalone']:.2f}x"
                                      for w in ('fooling', 'class_visualization')))
+    if 'conv_profile' in r:
+      c = r['conv_profile']
+      print(f"\nprofile of the gradient step at batch {c['batch']}: {c['convolutions']} "
+            f"convolutions timed alone sum to {c['convolutions_s']:.4f} s "
+            f"({c['convolutions_gflops']:.0f} GFLOP/s) of the step's {c['step_s']:.4f} s; "
+            f"the rest {c['rest_s']:.4f} s. Largest:")
+      for row in c['largest']:
+        print(f"  {row['s']:.4f} s {row['gflops']:6.0f} GFLOP/s  lhs {tuple(row['lhs'])} "
+              f"rhs {tuple(row['rhs'])}")
   print('\ncompile s: the first call less a steady call (tracing and XLA compilation; '
         'the scripts cache compilations on disk).')
   print('maxRSS: the process peak after the workload (jax and torch first calls); '
@@ -378,6 +444,7 @@ def main(argv):
       'batch_sizes': [1, 4] if quick else [int(b) for b in _BATCH_SIZES.value],
       'gemm_size': 512 if quick else _GEMM_SIZE.value,
       'cpu_kernels': _CPU_KERNELS.value, 'seed': _SEED.value, 'quick': quick,
+      'conv_profile_batch': 2 if quick else _CONV_PROFILE_BATCH.value,
   }
   results = {'machine': machine_info(torch), 'config': cfg, 'models': {}}
   results['gemm'] = gemm_rate(cfg['gemm_size'], cfg['repeats'])

@@ -168,11 +168,12 @@ def test_fooling_always_succeeds(evaluation_report):
 def test_class_visualization_reaches_the_target(evaluation_report):
   viz = evaluation_report[0]['class_visualization']
   # Issue 5 expects >= 0.9 for every class. Measured with 400 steps on the current
-  # instance (trained on noisy images), five runs of all ten classes: 9, 8, 10, 10, 10
-  # (47/50; 49/50 with jaxviz's opt-in XLA:CPU setting, which changes only float
-  # rounding); evaluate's run 10/10, the lowest 0.999. Without the training noise: 8 or 9
-  # each (42/50), the misses drifting into 'star' (README: what was tried). Asserted: at
-  # least 8 of the 10 classes reach 0.9, the worst run measured.
+  # instance (trained on noisy images), five runs of all ten classes: 10, 9, 10, 10, 10
+  # (49/50) on the kernels the methods pick for it (Eigen's); 9, 8, 10, 10, 10 (47/50)
+  # with cpu_kernels='xla', which changes only float rounding; evaluate's run 10/10, the
+  # lowest 0.948. Without the training noise: 8 or 9 each (42/50), the misses drifting
+  # into 'star' (README: what was tried). Asserted: at least 8 of the 10 classes reach
+  # 0.9, the worst run measured on either kernels (another CPU rounds differently again).
   assert viz['reached_threshold'] >= 0.8, viz['per_class']
 
 
