@@ -7,7 +7,7 @@ batched ones slower. Measured (input-gradient step, float32, 2-core AMD EPYC, bo
 in one process; README, Performance): SqueezeNet 1.1 1.42x / 1.46x / 1.62x faster with
 Eigen at batch 1 / 4 / 25, SqueezeNet 1.0 1.43x-1.71x, the shapes model 1.27x-1.61x at
 batch 1-200; VGG16 1.04x at batch 1 but 0.77x at batch 4; in float64 Eigen is 3x
-(SqueezeNet) to 25x (VGG16) slower.
+(SqueezeNet) to 23-27x (VGG16) slower.
 
 So the methods take `cpu_kernels='auto'`: Eigen for float32 programs of the architectures
 measured faster with it (`EIGEN_ARCHITECTURES`; `jaxviz.load_model` registers its apply
