@@ -1,7 +1,8 @@
 """jaxviz against the course's PyTorch eager code, in one process, on this machine.
 
   python scripts/benchmark.py [--models=squeezenet1_1,vgg16] [--repeats=3] [--quick]
-      [--threads=N] [--output_json=outputs/benchmark.json]
+      [--threads=N] [--cpu_kernels=auto|xla|eigen] [--conv_profile_batch=B]
+      [--output_json=outputs/benchmark.json]
 
 Both sides get the same random-init torchvision weights (float32, converted for jaxviz)
 and the same inputs. Measured, alternating jaxviz and torch calls so that machine drift
