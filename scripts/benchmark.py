@@ -76,7 +76,8 @@ _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '4', '16', '64'],
 _GEMM_SIZE = flags.DEFINE_integer('gemm_size', 2048, 'n of the n x n x n GEMM reference.')
 _QUICK = flags.DEFINE_bool(
     'quick', False, 'Smoke test: 64x64 images, 1 repeat, 5 class-visualisation steps, 2 '
-    'fooling images of 2 steps, batch sizes 1,4, saliency batch 4, GEMM 512.')
+    'fooling images of 2 steps, batch sizes 1,4, saliency batch 4, GEMM 512, convolution '
+    'profile at batch 2.')
 _THREADS = flags.DEFINE_integer('threads', None, 'torch.set_num_threads (default: '
                                 "torch's own).")
 _OMP_WAIT_POLICY = flags.DEFINE_enum(

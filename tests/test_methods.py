@@ -473,7 +473,7 @@ def test_cpu_kernels_auto_follows_the_model_and_dtype(model):
   from jaxviz import kernels
   on_cpu = jax.default_backend() == 'cpu'
   assert kernels.resolve('auto', model.apply, np.float32) == ('eigen' if on_cpu else 'xla')
-  assert kernels.resolve('auto', model.apply, np.float64) == 'xla'  # Eigen: 3-25x slower
+  assert kernels.resolve('auto', model.apply, np.float64) == 'xla'  # Eigen: 3-27x slower
   assert kernels.resolve('auto', model.hooked_apply, np.float32) == 'xla'  # not registered
   assert kernels.resolve('auto', lambda p, x: x, np.float32) == 'xla'
 
