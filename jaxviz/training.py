@@ -9,7 +9,6 @@ from the shapes stream (seed, 0), generated a few steps ahead) and the held-out 
 
 import dataclasses
 import os
-import subprocess
 import sys
 import time
 
@@ -20,7 +19,7 @@ import optax
 from flax import nnx
 
 from jaxviz import checkpoint, models, shapes
-from jaxviz.errors import InputError, JaxvizError
+from jaxviz.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,34 +191,13 @@ def train(config: ShapesTraining = ShapesTraining(), progress: bool = True):
 def ensure_weights(seed: int = 0, progress: bool = True) -> str:
   """The cached trained shapes model of `seed`, training (and caching) it if missing.
 
-  Training takes about 2.5 minutes on two CPU cores (2500 steps). It runs in a child
-  process, so the model's bits do not depend on the calling process's JAX state (float64
-  enabled, say, as the equivalence tests do); the result is bit-identical to training in a
-  fresh process. The file is written atomically, so an interrupted run leaves nothing
-  half-written behind.
+  Training takes about 2.5 minutes on two CPU cores (2500 steps); the file is written
+  atomically, so an interrupted run leaves nothing half-written behind.
   """
   path = weights_path(seed)
   if not os.path.isfile(path):
     print(f'training the shapes model (seed {seed}; about 2.5 minutes on 2 CPU cores), '
           f'cached at {path}', file=sys.stderr)
-    command = [sys.executable, '-c', 'import sys; from jaxviz import training; '
-               'training._main(sys.argv[1:])', f'--seed={seed}', f'--output={path}']
-    if not progress:
-      command.append('--no-progress')
-    status = subprocess.run(command).returncode
-    if status != 0 or not os.path.isfile(path):
-      raise JaxvizError(f'training the shapes model failed (exit status {status}; its '
-                        f'messages are above)')
+    params, metadata = train(ShapesTraining(seed=seed), progress=progress)
+    checkpoint.save(path, params, metadata)
   return path
-
-
-def _main(argv=None):
-  import argparse
-  parser = argparse.ArgumentParser(description='Trains the shapes model with the default '
-                                   'settings (used by ensure_weights).')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--output', required=True)
-  parser.add_argument('--no-progress', dest='progress', action='store_false')
-  args = parser.parse_args(argv)
-  params, metadata = train(ShapesTraining(seed=args.seed), progress=args.progress)
-  checkpoint.save(args.output, params, metadata)
