@@ -3,13 +3,15 @@
 Data flows one way: files -> `data` -> `preprocess` -> `models` -> `methods` -> `figures`.
 """
 
+__version__ = '0.1.0'
+
 from jaxviz.errors import InputError, JaxvizError, WeightsError
-from jaxviz.loading import Model, cache_dir, imagenet_class_names, load_model
+from jaxviz.paths import cache_dir
+from jaxviz.loading import Model, imagenet_class_names, load_model
 from jaxviz.models import ARCHITECTURES
 from jaxviz.preprocess import (IMAGENET_MEAN, IMAGENET_STD, deprocess, preprocess,
                                valid_range)
-
-__version__ = '0.1.0'
-from jaxviz.methods import (ClassVisualization, FoolingResult, class_visualization,
-                            fooling_images, saliency_maps)
-from jaxviz import parallel  # noqa: E402  (batches over devices, in chunks)
+from jaxviz.methods import (ClassVisualization, FoolingResult, attribute,
+                            class_visualization, fooling_images, saliency_maps)
+from jaxviz import parallel
+from jaxviz._xla_cpu import compiler_options

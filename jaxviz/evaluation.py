@@ -22,7 +22,7 @@ from jaxviz.methods import class_visualization, fooling_images, saliency_maps
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-  """What to evaluate and how hard (defaults: the README's table, ~1 min on 2 cores).
+  """What to evaluate and how hard (defaults: the table in docs/validation.md, ~1 min on 2 cores).
 
   Attributes:
     saliency_images: images for the pointing game, mask mass and deletion/insertion.
@@ -94,7 +94,7 @@ def evaluate(model: Model, images_uint8: np.ndarray, labels: np.ndarray, masks: 
   say('saliency: pointing game, mask mass, deletion and insertion')
   k = min(config.saliency_images, n)
   xs, ys, ms = x[:k], labels[:k], masks[:k]
-  maps = saliency_maps(model.apply, model.params, xs, ys)
+  maps = saliency_maps(model.apply, model.params, xs, ys, cpu_kernels=model.cpu_kernels)
   random_maps = jax.random.uniform(jax.random.fold_in(key, 1), maps.shape)
   hits = metrics.pointing_game(maps, ms)
   # Zhang et al. count a hit within 15 pixels of the object at ~224 pixels: scaled here.
@@ -142,7 +142,8 @@ def evaluate(model: Model, images_uint8: np.ndarray, labels: np.ndarray, masks: 
   k = min(config.fooling_images, n)
   targets = (labels[:k] + rng.integers(1, model.num_classes, k)) % model.num_classes
   fooled = fooling_images(model.apply, model.params, x[:k], targets.astype(np.int32),
-                          config.fooling_learning_rate, config.fooling_iterations)
+                          config.fooling_learning_rate, config.fooling_iterations,
+                          cpu_kernels=model.cpu_kernels)
   report['fooling'] = metrics.fooling_summary(fooled)
   arrays.update(fooling_original=np.asarray(x[:k]), fooling_images=np.asarray(fooled.images),
                 fooling_targets=targets, fooling_iterations=np.asarray(fooled.iterations))
@@ -155,7 +156,8 @@ def evaluate(model: Model, images_uint8: np.ndarray, labels: np.ndarray, masks: 
   viz = class_visualization(
       model.apply, model.params, classes, jax.random.fold_in(key, 2),
       image_shape=(size, size, 3), num_iterations=config.classviz_iterations,
-      max_jitter=max(1, round(16 * size / 224)), clamp=model.valid_range())
+      max_jitter=max(1, round(16 * size / 224)), clamp=model.valid_range(),
+      cpu_kernels=model.cpu_kernels)
   report['class_visualization'] = metrics.class_visualization_summary(viz, classes)
   report['class_visualization']['per_class'] = {
       model.class_names[c]: float(p) for c, p in zip(classes, viz.target_probability)}
@@ -164,7 +166,7 @@ def evaluate(model: Model, images_uint8: np.ndarray, labels: np.ndarray, masks: 
   # Sanity checks (Adebayo et al.): plain gradients must depend on the weights.
   say('sanity checks: cascading and independent randomisation')
   k = min(config.sanity_images, n)
-  saliency_fn = functools.partial(_saliency, model.apply)
+  saliency_fn = functools.partial(_saliency, model.apply, cpu_kernels=model.cpu_kernels)
   # Convolutions and linear layers; a batch norm's affine stays with the trained model
   # (the paper randomises weights; a redrawn BN scale barely differs from the trained one).
   layers = [name for name in metrics.parameterized_layers(model.params, model.apply, x[:1])
@@ -200,8 +202,8 @@ def evaluate(model: Model, images_uint8: np.ndarray, labels: np.ndarray, masks: 
   return report, arrays
 
 
-def _saliency(apply_fn, params, images, labels):
-  return saliency_maps(apply_fn, params, images, labels)
+def _saliency(apply_fn, params, images, labels, cpu_kernels=None):
+  return saliency_maps(apply_fn, params, images, labels, cpu_kernels=cpu_kernels)
 
 
 def seed_stability(model: Model, images, labels, noise_std: float, key) -> dict:
@@ -215,7 +217,7 @@ def seed_stability(model: Model, images, labels, noise_std: float, key) -> dict:
   first, second = jax.random.split(key)
   maps = [saliency_maps(model.apply, model.params,
                         images + noise_std * jax.random.normal(k, images.shape, images.dtype),
-                        labels) for k in (first, second)]
+                        labels, cpu_kernels=model.cpu_kernels) for k in (first, second)]
   return {'spearman': np.asarray(metrics.spearman(*maps)),
           'ssim': np.asarray(metrics.ssim(metrics.normalize_maps(maps[0]),
                                           metrics.normalize_maps(maps[1])))}

@@ -11,19 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import checkpoint, kernels, models, shapes, training
+from jaxviz import _xla_cpu, checkpoint, models, shapes, training
 from jaxviz import preprocess as pre
 from jaxviz.errors import InputError, WeightsError
-
-
-def cache_dir() -> str:
-  """Where converted weights live: $JAXVIZ_CACHE, else ~/.cache/jaxviz."""
-  return os.environ.get('JAXVIZ_CACHE') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'jaxviz')
-
-
-def imagenet_weights_path(name: str) -> str:
-  return os.path.join(cache_dir(), f'{name}_imagenet.npz')
+from jaxviz.paths import cache_dir, imagenet_weights_path  # noqa: F401  (re-exported)
 
 
 @functools.cache
@@ -67,6 +58,14 @@ class Model:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def cpu_kernels(self) -> str:
+    """XLA:CPU's convolution kernels measured fastest for this model: pass it to a
+    method's `cpu_kernels=`. 'eigen' for float32 SqueezeNet 1.0/1.1 and the shapes model,
+    'xla' (XLA's default) otherwise, float64 included (docs/performance.md)."""
+    dtype = jax.tree.leaves(self.params)[0].dtype
+    return _xla_cpu.preferred_kernels(self.name, dtype)
 
   @property
   def image_size(self) -> int:
@@ -187,7 +186,6 @@ def load_model(name: str, weights: str | None = None, *, seed: int = 0,
     mean, std = tuple(metadata['mean']), tuple(metadata['std'])
     module = models.build_abstract(name, num_classes=len(class_names))
   apply, hooked_apply, params = models.functionalize(module)
-  kernels.register(apply, name)
   if weights != 'random':
     params = fill_params(params, flat, source=path)
   if dtype is not None:

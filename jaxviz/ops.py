@@ -40,11 +40,10 @@ def max_pool2d(x, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = 
   first maximum wins a tie and the last NaN wins a window with NaNs, and the gradient
   goes to that one input. The output is then `select_n(winner, *taps)`, whose derivative
   routes each cotangent to its winner: a select per tap and the transpose of a strided
-  slice (a pad), all of which XLA fuses. On SqueezeNet 1.1's pool shapes on XLA CPU
-  (batch 1 and 16) that measured 1.2-5x faster forward and 3-9x faster forward+backward
-  than `lax.reduce_window` max, whose gradient XLA CPU expands into iotas, a variadic
-  reduce_window and a scatter costing 10-18x its forward, and whose JVP breaks ties and
-  gradient routes NaNs unlike torch. Built from plain primitives, this one has JVPs,
+  slice (a pad), all of which XLA fuses: several times faster on XLA:CPU than
+  `lax.reduce_window` max, whose gradient is a scatter and whose JVP breaks ties and
+  gradient routes NaNs unlike torch (docs/porting.md). Built from plain primitives, this
+  one has JVPs,
   higher derivatives and vmap. Ceil mode pads right/bottom with -inf just wide enough
   for the extra window.
 
@@ -96,8 +95,8 @@ def max_pool2d(x, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = 
     winner = jnp.where(better, t, winner)
   # `winner` is a chain of compares and selects that XLA would fuse into the backward
   # pass, which reads it once per window overlapping each input (up to four windows on
-  # a 3x3/stride-2 pool, each recomputing nine taps): on the shapes model's first pool
-  # that backward cost 3.7x its time with `winner` computed once. A remainder (an
+  # a 3x3/stride-2 pool, each recomputing nine taps), several times the cost of computing
+  # `winner` once. A remainder (an
   # identity here: winner < kernel**2) is one of the "expensive" ops that XLA will not
   # duplicate into several consumers, so where the pool's output is stored for the next
   # layer (every model here) `winner` is stored with it; a lone pool whose output feeds
@@ -140,3 +139,30 @@ def adaptive_avg_pool2d(x, output_size: tuple[int, int]):
 def flatten_nchw(x):
   """Flattens (N, H, W, C) in torch's (C, H, W) order, as torch.flatten(x, 1) on NCHW."""
   return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+def gaussian_blur(image, sigma: float, truncate: float = 4.0):
+  """scipy.ndimage.gaussian_filter1d along H, then along W (mode 'reflect').
+
+  The course's `blur_image`: the same kernel (radius int(truncate * sigma + 0.5)) and the
+  same half-sample-symmetric boundary (scipy's 'reflect' is numpy's 'symmetric').
+
+  Args:
+    image: (H, W, C).
+    sigma: standard deviation in pixels, > 0.
+    truncate: the kernel's radius in standard deviations.
+  """
+  if not float(sigma) > 0 or not np.isfinite(float(sigma)):
+    raise InputError(f'blur sigma must be a positive finite number, got {sigma!r}')
+  radius = int(truncate * float(sigma) + 0.5)
+  taps = np.arange(-radius, radius + 1)
+  kernel = np.exp(-0.5 / (float(sigma) ** 2) * taps ** 2)
+  kernel = kernel / kernel.sum()
+  for axis in (0, 1):
+    size = image.shape[axis]
+    pad = [(0, 0)] * image.ndim
+    pad[axis] = (radius, radius)
+    padded = jnp.pad(image, pad, mode='symmetric')
+    image = sum(jnp.asarray(w, image.dtype) * jax.lax.slice_in_dim(padded, j, j + size, axis=axis)
+                for j, w in enumerate(kernel))
+  return image

@@ -1,7 +1,7 @@
 """Batched experiments over every local device, and in memory-bounded chunks.
 
-Two independent knobs, which `saliency_maps`, `fooling_images` and `class_visualization`
-all take and which other batched methods can reuse:
+Two independent knobs, which every batched method takes (the driver in
+`jaxviz.methods._batched` applies them):
 
 - **Devices** (`devices=`): the batch is split over a 1-D `jax.sharding.Mesh` whose axis is
   named 'data'; parameters are replicated. By default that is every local device when
@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxviz import _xla_cpu
 from jaxviz.errors import InputError
-from jaxviz.methods._canonical import canonical_convs
 
 DATA_AXIS = 'data'
 
@@ -157,8 +157,9 @@ def map_chunks(fn: Callable[[Any], Any], xs, chunk_size: int | None):
   compiled program, so only one chunk's intermediates are alive at a time; results are
   trimmed to the real examples. Usable inside `jit`, `shard_map` and `data_parallel`.
 
-  The loop body's convolutions are kept on XLA:CPU's fast path (`canonical_convs`): a
-  gradient inside `lax.map` is otherwise several times slower on CPU.
+  On CPU the loop body's convolutions are kept on XLA:CPU's fast path
+  (`jaxviz._xla_cpu.loop_body`): a gradient inside `lax.map` is otherwise several times
+  slower there.
 
   Args:
     fn: batch -> batch of results.
@@ -173,19 +174,6 @@ def map_chunks(fn: Callable[[Any], Any], xs, chunk_size: int | None):
   padded, _ = pad_batch(xs, chunk_size)
   chunks = math.ceil(n / chunk_size)
   split = jax.tree.map(lambda a: a.reshape(chunks, chunk_size, *a.shape[1:]), padded)
-  out = jax.lax.map(canonical_convs(fn), split)
+  out = jax.lax.map(_xla_cpu.loop_body(fn), split)
   return jax.tree.map(lambda a: a.reshape(chunks * chunk_size, *a.shape[2:])[:n], out)
 
-
-def loop_chunk_size(mesh: Mesh | None) -> int | None:
-  """The iterative methods' default `chunk_size`: 1 on CPU, all at once elsewhere.
-
-  On XLA:CPU a loop body gains little from batching: running the images one after
-  another took 0.70-1.05x the time of one batched loop (SqueezeNet 1.1 and VGG16, 5-16
-  images at 112-224 px; the lowest at 224 px), though 1.9-2.1x at 64 px with 16 images.
-  One image per loop also stops each image as soon as it is done, and makes each
-  image's result independent, bit for bit, of the batch it came in and of the device
-  count. On GPUs and TPUs the batch is what fills the device.
-  """
-  platform = (mesh.devices.flat[0].platform if mesh is not None else jax.default_backend())
-  return 1 if platform == 'cpu' else None

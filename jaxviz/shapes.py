@@ -155,11 +155,11 @@ def _one(key, label, size: int):
 def labels_for(n: int, seed) -> np.ndarray:
   """The classes of `generate(n, seed)`: image i has class (i + offset) % 10 (balanced;
   the offset comes from the seed)."""
-  offset = int(jax.random.randint(jax.random.key(_seed_int(seed)), (), 0, len(CLASS_NAMES)))
+  offset = int(jax.random.randint(jax.random.key(seed_int(seed)), (), 0, len(CLASS_NAMES)))
   return ((np.arange(n) + offset) % len(CLASS_NAMES)).astype(np.int32)
 
 
-def _seed_int(seed) -> int:
+def seed_int(seed) -> int:
   """An int seed from an int or a tuple of ints (training uses (seed, split, ...))."""
   if isinstance(seed, (tuple, list)):
     return int(np.random.SeedSequence([int(s) for s in seed]).generate_state(1)[0])
@@ -197,7 +197,7 @@ def generate(n: int, seed=0, size: int = IMAGE_SIZE, chunk: int = 64) -> ShapesD
   if size < 32:
     raise InputError(f'size must be at least 32 pixels, got {size}')
   labels = labels_for(n, seed)
-  key = jax.random.key(_seed_int(seed))
+  key = jax.random.key(seed_int(seed))
   images, masks = [], []
   for start in range(0, n, chunk):
     idx = np.arange(start, min(start + chunk, n), dtype=np.int32)

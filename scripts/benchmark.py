@@ -1,7 +1,7 @@
 """jaxviz against the course's PyTorch eager code, in one process, on this machine.
 
   python scripts/benchmark.py [--models=squeezenet1_1,vgg16] [--repeats=3] [--quick]
-      [--threads=N] [--cpu_kernels=auto|xla|eigen] [--conv_profile_batch=B]
+      [--threads=N] [--cpu_kernels=model|xla|eigen] [--conv_profile_batch=B]
       [--output_json=outputs/benchmark.json]
 
 Both sides get the same random-init torchvision weights (float32, converted for jaxviz)
@@ -22,7 +22,7 @@ hits both alike (medians of --repeats rounds, after one warm-up call each):
   4. the cost of a step inside jaxviz's loops against the same gradient step jitted on
      its own (batch 1 of item 3): fooling's time per image-step and class
      visualisation's time per step, divided by it. Near 1 the loops add nothing; XLA:CPU
-     once made it 1.5-2.7 (see jaxviz/methods/_canonical.py).
+     once made it 1.5-2.7 (see jaxviz/_xla_cpu/canonical.py).
   5. with --conv_profile_batch=B, a profile of the gradient step at batch B: every
      convolution of its program (forward and input gradient) compiled and timed alone at
      its own shapes with the same kernels, their sum against the whole step, so the rest
@@ -55,7 +55,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxviz  # noqa: E402
-from jaxviz.methods import saliency as saliency_module  # noqa: E402
 import common  # noqa: E402,F401  (absl logging verbosity)
 
 _MODELS = flags.DEFINE_list('models', ['squeezenet1_1', 'vgg16'], 'Architectures.')
@@ -85,9 +84,9 @@ _OMP_WAIT_POLICY = flags.DEFINE_enum(
     'OpenMP threads before torch loads (default: left as it is). With other processes on '
     "the cores, OpenMP's spinning threads can slow torch many-fold; PASSIVE avoids that.")
 _CPU_KERNELS = flags.DEFINE_enum(
-    'cpu_kernels', 'auto', jaxviz.kernels.CHOICES,
-    "XLA:CPU's convolution kernels for jaxviz's methods (jaxviz.kernels): auto (those "
-    'measured fastest per model), xla (its default, YNNPACK fusions) or eigen.')
+    'cpu_kernels', 'model', ['model', 'xla', 'eigen'],
+    "XLA:CPU's convolution kernels for jaxviz's methods: model (Model.cpu_kernels, those "
+    'measured fastest for each model), xla (its default, YNNPACK fusions) or eigen.')
 _CONV_PROFILE_BATCH = flags.DEFINE_integer(
     'conv_profile_batch', 0, 'If > 0: also time every convolution of the gradient step '
     'at this batch alone and sum them, against the whole step (item 5).', lower_bound=0)
@@ -192,7 +191,7 @@ def conv_profile(model, batch: int, size: int, kernels: str, repeats: int) -> di
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)),
                   jnp.float32)
   labels = jnp.arange(batch, dtype=jnp.int32) % model.num_classes
-  step = lambda p, x, l: saliency_module._saliency_maps(model.apply, p, x, l, 'score')
+  step = lambda p, x, l: jaxviz.saliency_maps(model.apply, p, x, l, cpu_kernels=kernels)
   convs = []
 
   def collect(jaxpr):
@@ -206,7 +205,7 @@ def conv_profile(model, batch: int, size: int, kernels: str, repeats: int) -> di
             collect(sub)
 
   collect(jax.make_jaxpr(step)(model.params, x, labels).jaxpr)
-  options = jaxviz.kernels.EIGEN_OPTIONS if kernels == 'eigen' else None
+  options = jaxviz.compiler_options(kernels)
 
   def median_time(fn, *args):
     jax.block_until_ready(fn(*args))
@@ -252,8 +251,8 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
   rng = np.random.default_rng(cfg['seed'])
   images = lambda n: rng.standard_normal((n, size, size, 3), np.float32)
   wait = jax.block_until_ready
-  kernels = cfg['cpu_kernels']
-  out = {'workloads': {}, 'cpu_kernels': jaxviz.kernels.resolve(kernels, apply, np.float32)}
+  kernels = model.cpu_kernels if cfg['cpu_kernels'] == 'model' else cfg['cpu_kernels']
+  out = {'workloads': {}, 'cpu_kernels': kernels}
 
   # Both sides must compute the same function.
   probe = images(2)
@@ -324,9 +323,9 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
                 lambda: torch_course.saliency(tmodel, tx, ty), repeats)
     # After the timed calls, so that the first call above is the one that compiles
     # (lower + compile of the same arguments then hits jax's cache).
-    program = saliency_module._compiled_saliency_maps(out['cpu_kernels'])
-    flops = xla_flops(program.lower(
-        apply, params, jnp.asarray(x), jnp.asarray(labels), 'score').compile())
+    program = jax.jit(lambda p, x, l: jaxviz.saliency_maps(apply, p, x, l, cpu_kernels=kernels),
+                      compiler_options=jaxviz.compiler_options(kernels))
+    flops = xla_flops(program.lower(params, jnp.asarray(x), jnp.asarray(labels)).compile())
     row = {'batch': b, 'flops': flops,
            'jax_images_per_s': b / r['jax_s'], 'torch_images_per_s': b / r['torch_s'],
            'jax_gflops': flops / r['jax_s'] / 1e9, 'torch_gflops': flops / r['torch_s'] / 1e9,

@@ -221,10 +221,12 @@ def run_saliency(model: jaxviz.Model, images: np.ndarray, labels: np.ndarray,
   """
   x = model.preprocess(images)
   start = time.perf_counter()
-  maps = _wait(jaxviz.saliency_maps(model.apply, model.params, x, labels, objective))
+  maps = _wait(jaxviz.saliency_maps(model.apply, model.params, x, labels, objective,
+                                    cpu_kernels=model.cpu_kernels))
   first = time.perf_counter() - start
   start = time.perf_counter()
-  _wait(jaxviz.saliency_maps(model.apply, model.params, x, labels, objective))
+  _wait(jaxviz.saliency_maps(model.apply, model.params, x, labels, objective,
+                                    cpu_kernels=model.cpu_kernels))
   return maps, {'first_call_s': round(first, 3),
                 'second_call_s': round(time.perf_counter() - start, 3)}
 
@@ -247,7 +249,8 @@ def run_fooling(model: jaxviz.Model, images: np.ndarray, target: int, objective:
   targets = np.full((len(images),), target, np.int32)
   start = time.perf_counter()
   result = _wait(jaxviz.fooling_images(model.apply, model.params, x, targets,
-                                       learning_rate, max_iterations, objective))
+                                       learning_rate, max_iterations, objective,
+                                       cpu_kernels=model.cpu_kernels))
   seconds = time.perf_counter() - start
   fooled_uint8 = np.round(to_rgb01(model, result.images) * 255).astype(np.uint8)
   return dict(result._asdict(), original=np.asarray(x), original_predicted=predict(model, x),
@@ -286,7 +289,7 @@ def run_class_visualization(model: jaxviz.Model, targets: np.ndarray, seed: int,
         init=None if init is None else model.preprocess(init),
         image_shape=(image_size, image_size, 3), num_iterations=num_iterations,
         learning_rate=learning_rate, optimizer=opt and opt(), clamp=model.valid_range(),
-        progress=progress, **hyperparameters)
+        progress=progress, cpu_kernels=model.cpu_kernels, **hyperparameters)
     result = _wait(result)
   return result, time.perf_counter() - start
 

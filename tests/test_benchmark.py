@@ -43,7 +43,7 @@ def test_quick_benchmark_writes_results(tmp_path):
 
   model = results['models']['squeezenet1_1']
   assert model['logits_rel_err'] < 1e-3  # both sides compute the same network
-  assert model['cpu_kernels'] == 'eigen'  # 'auto' for SqueezeNet in float32 on CPU
+  assert model['cpu_kernels'] == 'eigen'  # Model.cpu_kernels of SqueezeNet 1.1 in float32
   profile = model['conv_profile']  # SqueezeNet 1.1: 26 convolutions, each with its gradient
   assert profile['convolutions'] == 52 and _positive(profile['convolutions_s'])
   assert all(_positive(row['gflops']) for row in profile['largest'])

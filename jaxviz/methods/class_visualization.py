@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxviz import kernels, parallel
+from jaxviz import parallel, validation
 from jaxviz.errors import InputError
-from jaxviz.methods import _checks
-from jaxviz.methods._canonical import canonical_convs_ahead
+from jaxviz.methods import _ascent
+from jaxviz.methods._batched import BatchedMethod
 from jaxviz.preprocess import valid_range
 
 
@@ -34,41 +34,6 @@ class ClassVisualization(NamedTuple):
   snapshots: jax.Array | None
 
 
-def gaussian_blur(image, sigma: float, truncate: float = 4.0):
-  """scipy.ndimage.gaussian_filter1d along H, then along W (mode 'reflect').
-
-  The course's `blur_image`. Same kernel (radius int(truncate * sigma + 0.5)) and the same
-  half-sample-symmetric boundary (scipy's 'reflect' is numpy's 'symmetric').
-
-  Args:
-    image: (H, W, C).
-  """
-  radius = int(truncate * float(sigma) + 0.5)
-  taps = np.arange(-radius, radius + 1)
-  kernel = np.exp(-0.5 / (float(sigma) ** 2) * taps ** 2)
-  kernel = kernel / kernel.sum()
-  for axis in (0, 1):
-    size = image.shape[axis]
-    pad = [(0, 0)] * image.ndim
-    pad[axis] = (radius, radius)
-    padded = jnp.pad(image, pad, mode='symmetric')
-    image = sum(jnp.asarray(w, image.dtype) * jax.lax.slice_in_dim(padded, j, j + size, axis=axis)
-                for j, w in enumerate(kernel))
-  return image
-
-
-def _roll(image, oy, ox):
-  """jnp.roll(image, (oy, ox), axis=(0, 1)) for traced shifts, as one slice of a 2x2 tiling.
-
-  jnp.roll slices and concatenates once per axis, and under vmap (batched shifts) each
-  becomes a gather: 3-5x slower on XLA:CPU than this single dynamic slice (measured on a
-  224x224 image, alone and in batches of 5). Bit for bit the same (only data moves).
-  """
-  h, w = image.shape[:2]
-  tiled = jnp.tile(image, (2, 2, 1))
-  return jax.lax.dynamic_slice(tiled, (jnp.mod(-oy, h), jnp.mod(-ox, w), 0), image.shape)
-
-
 def _norm(x):
   """||x||_2 with gradient 0 (not NaN) at x = 0."""
   sq = jnp.sum(x * x)
@@ -76,131 +41,74 @@ def _norm(x):
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
+def _check_options(num_iterations, blur_every, blur_sigma, max_jitter, snapshot_every):
+  validation.check_positive(num_iterations, 'num_iterations', integer=True)
+  for name, value in (('blur_every', blur_every), ('max_jitter', max_jitter),
+                      ('snapshot_every', snapshot_every)):
+    validation.check_positive(value, name, integer=True, zero=True)
+  if blur_every:
+    validation.check_positive(blur_sigma, 'blur_sigma')
+
+
 def class_visualization_one(apply_fn, params, target, key, init, learning_rate, l2_reg,
                             low, high, *, num_iterations: int, blur_every: int,
                             blur_sigma: float, max_jitter: int, clamp: bool,
                             optimizer: optax.GradientTransformation | None,
-                            snapshot_every: int, progress: Callable | None = None):
-  """Ascends f_target(x) - l2_reg * ||x||_2 for one image (see `class_visualization`).
+                            snapshot_every: int, on_step: Callable | None = None):
+  """Ascends f_target(x) - l2_reg * ||x||_2 for one image from `init` (see
+  `class_visualization`); `key` drives the jitter, `on_step(t)` is traced into each step.
 
   Returns:
     (final image, (probability, objective) traces, each (T,), snapshots (S, H, W, 3) or
     None).
   """
-  on_step = None if progress is None else (lambda t: jax.debug.callback(progress, t))
-  return _ascend(apply_fn, params, target, key, init, learning_rate, l2_reg, low, high,
-                 num_iterations=num_iterations, blur_every=blur_every,
-                 blur_sigma=blur_sigma, max_jitter=max_jitter, clamp=clamp,
-                 optimizer=optimizer, snapshot_every=snapshot_every, on_step=on_step)
+  _check_options(num_iterations, blur_every, blur_sigma, max_jitter, snapshot_every)
+  if max_jitter >= min(init.shape[:2]):
+    raise InputError(f'max_jitter {max_jitter} must be smaller than the image '
+                     f'({init.shape[0]}x{init.shape[1]})')
 
-
-def _ascend(apply_fn, params, target, key, init, learning_rate, l2_reg, low, high, *,
-            num_iterations: int, blur_every: int, blur_sigma: float, max_jitter: int,
-            clamp: bool, optimizer: optax.GradientTransformation | None,
-            snapshot_every: int, on_step: Callable | None):
-  """`class_visualization_one`, with `on_step(t)` traced into every step (progress)."""
-  opt = optimizer if optimizer is not None else optax.sgd(learning_rate)
-  jitter_key = key
-
-  def objective(x, params, target, l2_reg):
+  def objective(params, x, target, l2_reg):
     logits = apply_fn(params, x[None])[0]
     return logits[target] - l2_reg * _norm(x), logits
 
-  # Inside the scan XLA:CPU leaves the backward convolutions on a slow path: see
-  # `_canonical`. The kernels are laid out for the fast path once, before the scan.
-  gradient = canonical_convs_ahead(
-      lambda params, x, target, l2_reg: jax.value_and_grad(objective, has_aux=True)(
-          x, params, target, l2_reg),
-      params, init, target, l2_reg)
-
-  def step(carry, t):
-    x, opt_state = carry
-    if max_jitter > 0:
-      ox, oy = jax.random.randint(jax.random.fold_in(jitter_key, t), (2,), 0, max_jitter + 1)
-      shifted = _roll(x, oy, ox)
-    else:
-      shifted = x
-    (value, logits), grad = gradient(shifted, target, l2_reg)
-    if max_jitter > 0:
-      # Rolling the gradient back equals the course's roll / step / roll back bit for bit
-      # (a roll is a permutation), and keeps an optimizer's state aligned with the image.
-      grad = _roll(grad, -oy, -ox)
-    updates, opt_state = opt.update(-grad, opt_state, x)  # optax minimises: ascend on -(-g)
-    x = optax.apply_updates(x, updates)
-    if clamp:
-      x = jnp.clip(x, low, high)
-    if blur_every > 0:
-      x = jax.lax.cond(t % blur_every == 0,
-                       lambda x: gaussian_blur(x, blur_sigma), lambda x: x, x)
-    if on_step is not None:
-      on_step(t)
-    return (x, opt_state), (jax.nn.softmax(logits)[target], value)
-
-  every = snapshot_every or num_iterations
-  chunks, rest = divmod(num_iterations, every)
-  steps = jnp.arange(num_iterations)
-
-  def chunk(carry, ts):
-    carry, probs = jax.lax.scan(step, carry, ts)
-    return carry, (probs, carry[0])
-
-  carry = (init, opt.init(init))
-  carry, (traces, snaps) = jax.lax.scan(chunk, carry,
-                                        steps[:chunks * every].reshape(chunks, every))
-  traces = jax.tree.map(lambda a: a.reshape(-1), traces)
-  if rest:
-    carry, more = jax.lax.scan(step, carry, steps[chunks * every:])
-    traces = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), traces, more)
-  return carry[0], traces, (snaps if snapshot_every else None)
+  transforms = [_ascent.Jitter(max_jitter, key)] if max_jitter > 0 else []
+  if clamp:
+    transforms.append(_ascent.Clamp(low, high))
+  if blur_every > 0:
+    transforms.append(_ascent.BlurEvery(blur_every, blur_sigma))
+  result = _ascent.ascend(
+      objective, params, init, (target, l2_reg),
+      optimizer=optimizer if optimizer is not None else optax.sgd(learning_rate),
+      num_steps=num_iterations, transforms=transforms,
+      record=lambda value, logits: (jax.nn.softmax(logits)[target], value),
+      snapshot_every=snapshot_every, on_step=on_step)
+  return result.x, result.records, result.snapshots
 
 
-_STATIC = ('apply_fn', 'image_shape', 'num_iterations', 'blur_every', 'blur_sigma',
-           'max_jitter', 'clamp', 'optimizer', 'snapshot_every', 'progress', 'random_init',
-           'chunk_size', 'mesh')
+def _class_visualization_one(apply_fn, params, target, key, init, learning_rate, l2_reg,
+                             low, high, *, image_shape, random_init, on_step=None, **options):
+  init_key, steps_key = jax.random.split(key)
+  if random_init:
+    init = jax.random.normal(init_key, image_shape, low.dtype)
+  image, (prob_trace, objective_trace), snapshots = class_visualization_one(
+      apply_fn, params, target, steps_key, init, learning_rate, l2_reg, low, high,
+      on_step=on_step, **options)
+  probs = jax.nn.softmax(apply_fn(params, image[None])[0])
+  return ClassVisualization(image, probs[target], jnp.argmax(probs), prob_trace,
+                            objective_trace, snapshots)
 
 
-def _class_visualization(apply_fn, params, targets, keys, init, learning_rate, l2_reg, low,
-                         high, *, image_shape, random_init, num_iterations, progress,
-                         chunk_size=None, mesh=None, **static):
-
-  def local(params, targets, keys, init, learning_rate, l2_reg, low, high):
-    size = targets.shape[0]  # this device's slice of the batch
-
-    def chunk(xs):  # a vmapped scan over at most chunk_size images
-      targets, keys, init, learning_rate, l2_reg, position = xs
-      on_step = None
-      if progress is not None:
-        # The step index of this device's whole run that step t of this chunk completes,
-        # so that a bar over num_iterations fills once, at the very end, however the
-        # images are chunked (with one chunk it is t itself).
-        first, count = position[0], jnp.minimum(targets.shape[0], size - position[0])
-        on_step = lambda t: jax.debug.callback(progress, jnp.maximum(
-            (first * num_iterations + count * (t + 1)) // size - 1, 0))
-
-      def one(target, key, init, learning_rate, l2_reg):
-        init_key, steps_key = jax.random.split(key)
-        if random_init:
-          init = jax.random.normal(init_key, image_shape, low.dtype)
-        return _ascend(apply_fn, params, target, steps_key, init, learning_rate, l2_reg,
-                       low, high, num_iterations=num_iterations, on_step=on_step, **static)
-
-      images, (prob_trace, objective_trace), snaps = jax.vmap(
-          one, in_axes=(0, 0, None if random_init else 0, 0, 0))(
-              targets, keys, init, learning_rate, l2_reg)
-      probs = jax.nn.softmax(apply_fn(params, images), axis=-1)
-      target_p = jnp.take_along_axis(probs, targets[:, None], axis=1)[:, 0]
-      return ClassVisualization(images, target_p, jnp.argmax(probs, -1), prob_trace,
-                                objective_trace, snaps)
-
-    return parallel.map_chunks(
-        chunk, (targets, keys, init, learning_rate, l2_reg, jnp.arange(size)), chunk_size)
-
-  return parallel.data_parallel(
-      local, mesh, (False, True, True, True, True, True, False, False))(
-          params, targets, keys, init, learning_rate, l2_reg, low, high)
+_batched = BatchedMethod(
+    _class_visualization_one, batched=('target', 'key', 'init', 'learning_rate', 'l2_reg'),
+    replicated=('low', 'high'), iterative=True)
 
 
-_compiled_class_visualization = kernels.jit(_class_visualization, static_argnames=_STATIC)
+def _float_dtype(tree):
+  """The dtype of the first floating leaf of `tree` (float32 if none)."""
+  for leaf in jax.tree.leaves(tree):
+    if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
+      return jnp.asarray(leaf).dtype
+  return jnp.dtype(jnp.float32)
 
 
 def class_visualization(apply_fn, params, targets, key, *, init=None,
@@ -209,9 +117,9 @@ def class_visualization(apply_fn, params, targets, key, *, init=None,
                         blur_sigma: float = 0.5, max_jitter: int = 16, clamp=True,
                         optimizer: optax.GradientTransformation | None = None,
                         snapshot_every: int = 0, progress: Callable | None = None,
-                        dtype=jnp.float32, chunk_size: int | None = None,
+                        dtype=None, chunk_size: int | None = None,
                         devices: parallel.Devices = None,
-                        cpu_kernels: str = 'auto') -> ClassVisualization:
+                        cpu_kernels: str | None = None) -> ClassVisualization:
   """Images that the model scores highly as each target class.
 
   Each step (the course's algorithm, eq. 3-4): roll the image by random (ox, oy) in
@@ -242,27 +150,31 @@ def class_visualization(apply_fn, params, targets, key, *, init=None,
       with several chunks, the index whose share of the whole run is done (it reaches
       num_iterations - 1 once, at the end). It may come once per image and out of order
       (jax.debug.callback): follow its maximum.
-    dtype: float32, or float64 with jax_enable_x64.
+    dtype: the images' dtype; None follows the inputs: init's dtype when given, else
+      the params' (float64 with jax_enable_x64 and float64 params).
     chunk_size: images per scan on each device. None: 1 on CPU (about as fast as one
       batched scan at 112-224 px, and each image's result is then independent of the
-      batch), the whole batch on GPU/TPU. See `jaxviz.parallel.loop_chunk_size`.
+      batch), the whole batch on GPU/TPU.
     devices: split the images over these devices: None for every local device, a list
       of devices, or a Mesh with a 'data' axis. See `jaxviz.parallel`.
-    cpu_kernels: XLA:CPU's convolution kernels: 'auto' (those measured fastest for the
-      model), 'xla' or 'eigen'. See `jaxviz.kernels`.
+    cpu_kernels: XLA:CPU's convolution kernels: None or 'xla' (XLA's default), or
+      'eigen'; `model.cpu_kernels` is the one measured fastest for a loaded model.
 
   Returns:
     A `ClassVisualization`.
 
   References:
     Simonyan, Vedaldi & Zisserman, Deep Inside Convolutional Networks, ICLR-W 2014.
-    Yosinski et al., Understanding Neural Networks Through Deep Visualization, 2015.
+    Yosinski et al., Understanding Neural Networks Through Deep Visualization, ICML
+      Deep Learning Workshop 2015, sec. 3.
   """
   targets_arr = np.asarray(targets) if not isinstance(targets, jax.core.Tracer) else targets
   n = targets_arr.shape[0] if targets_arr.ndim else 1
+  if dtype is None:
+    dtype = _float_dtype(init if init is not None else params)
   if init is not None:
     init = jnp.asarray(init, dtype)
-    init = _checks.check_batch(init[None] if init.ndim == 3 else init)
+    init = validation.check_batch(init[None] if init.ndim == 3 else init)
     if init.shape[0] == 1 and n > 1:
       init = jnp.broadcast_to(init, (n, *init.shape[1:]))
     if init.shape[0] != n:
@@ -270,46 +182,29 @@ def class_visualization(apply_fn, params, targets, key, *, init=None,
     image_shape = tuple(init.shape[1:])
   if len(image_shape) != 3 or image_shape[-1] != 3:
     raise InputError(f'image_shape must be (H, W, 3), got {image_shape}')
-  targets = _checks.check_classes(targets, n, _checks.num_classes(apply_fn, params, image_shape),
-                                  'targets')
-  for name, value in (('num_iterations', num_iterations), ('blur_every', blur_every),
-                      ('max_jitter', max_jitter), ('snapshot_every', snapshot_every)):
-    if int(value) != value or value < 0:
-      raise InputError(f'{name} must be a non-negative integer, got {value}')
-  if num_iterations < 1:
-    raise InputError('num_iterations must be at least 1')
-  if blur_every and blur_sigma <= 0:
-    raise InputError(f'blur_sigma must be positive, got {blur_sigma}')
+  targets = validation.check_classes(
+      targets, n, validation.num_classes(apply_fn, params, image_shape), 'targets')
+  _check_options(num_iterations, blur_every, blur_sigma, max_jitter, snapshot_every)
+  if max_jitter >= min(image_shape[:2]):
+    raise InputError(f'max_jitter {max_jitter} must be smaller than the image '
+                     f'({image_shape[0]}x{image_shape[1]})')
+  validation.check_positive(learning_rate, 'learning_rate')
+  validation.check_positive(l2_reg, 'l2_reg', zero=True)
   if clamp is True:
     low, high = valid_range()
   elif clamp is False or clamp is None:
     low, high = np.full(3, -np.inf), np.full(3, np.inf)
   else:
     low, high = clamp
-  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-  typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-  if key.ndim == (0 if typed else 1):
-    keys = jax.random.split(key, n)
-  elif key.shape[0] == n:
-    keys = key
-  else:
-    raise InputError(f'key must be one PRNG key or one per target ({n}), got shape {key.shape}')
-  mesh = parallel.resolve_mesh(devices)
-  chunk_size = _checks.check_chunk_size(chunk_size)
-  if chunk_size is None:
-    chunk_size = parallel.loop_chunk_size(mesh)
-  run = _compiled_class_visualization(kernels.resolve(cpu_kernels, apply_fn, dtype))
   per_image = lambda v: jnp.broadcast_to(jnp.asarray(v, dtype), (n,))
-  batch = (targets, keys, init, per_image(learning_rate), per_image(l2_reg))
-  if mesh is not None:
-    batch, n = parallel.shard_batch(batch, mesh)
-    params = parallel.replicate(params, mesh)
-  result = run(
-      apply_fn, params, *batch, jnp.asarray(low, dtype), jnp.asarray(high, dtype),
-      image_shape=tuple(image_shape), random_init=init is None,
-      num_iterations=int(num_iterations), blur_every=int(blur_every),
-      blur_sigma=float(blur_sigma), max_jitter=int(max_jitter),
-      clamp=clamp is not False and clamp is not None, optimizer=optimizer,
-      snapshot_every=int(snapshot_every), progress=progress, chunk_size=chunk_size,
-      mesh=mesh)
-  return result if mesh is None else parallel.unpad(result, n)
+  return _batched(
+      apply_fn, params, target=targets, key=validation.split_keys(key, n, 'key'), init=init,
+      learning_rate=per_image(learning_rate), l2_reg=per_image(l2_reg),
+      low=jnp.asarray(low, dtype), high=jnp.asarray(high, dtype),
+      chunk_size=chunk_size, devices=devices, cpu_kernels=cpu_kernels, progress=progress,
+      num_steps=int(num_iterations),
+      options=dict(image_shape=tuple(image_shape), random_init=init is None,
+                   num_iterations=int(num_iterations), blur_every=int(blur_every),
+                   blur_sigma=float(blur_sigma), max_jitter=int(max_jitter),
+                   clamp=clamp is not False and clamp is not None, optimizer=optimizer,
+                   snapshot_every=int(snapshot_every)))

@@ -1,7 +1,14 @@
-"""The scalar objectives whose input gradients the methods follow."""
+"""The scalar class objectives whose input gradients the methods follow."""
 
 import jax
-import jax.numpy as jnp
+
+from jaxviz import validation
+
+OBJECTIVES = ('score', 'cross_entropy')
+
+
+def check_objective(objective: str) -> str:
+  return validation.check_choice(objective, OBJECTIVES, 'objective')
 
 
 def class_objective(apply_fn, params, image, label, objective: str):
@@ -10,7 +17,7 @@ def class_objective(apply_fn, params, image, label, objective: str):
   'score' is the raw class score f_label(x); 'cross_entropy' is -log softmax(f(x))_label.
   """
   logits = apply_fn(params, image[None])[0]
-  if objective == 'score':
+  if check_objective(objective) == 'score':
     return logits[label], logits
   return -jax.nn.log_softmax(logits)[label], logits
 

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxviz.errors import InputError
-from jaxviz.methods import _checks as method_checks
-from jaxviz.methods import gaussian_blur
+from jaxviz import validation
+from jaxviz.ops import gaussian_blur
 from jaxviz.metrics import _checks
 
 # RISE's insertion baseline: a Gaussian blur with an 11-tap kernel of sigma 5 (their
@@ -157,14 +157,14 @@ def deletion_insertion(apply_fn, params, images, saliency, labels, *, steps: int
     Petsiuk, Das & Saenko, RISE: Randomized Input Sampling for Explanation of Black-box
     Models, BMVC 2018.
   """
-  images = method_checks.check_batch(images)
+  images = validation.check_batch(images)
   n = images.shape[0]
   saliency = _checks.check_maps(saliency)
   if tuple(np.shape(saliency)) != tuple(images.shape[:3]):
     raise InputError(f'saliency has shape {tuple(np.shape(saliency))}, expected one map '
                      f'per image, {tuple(images.shape[:3])}')
-  labels = method_checks.check_classes(
-      labels, n, method_checks.num_classes(apply_fn, params, images.shape[1:]), 'labels')
+  labels = validation.check_classes(
+      labels, n, validation.num_classes(apply_fn, params, images.shape[1:]), 'labels')
   if int(steps) != steps or steps < 1:
     raise InputError(f'steps must be a positive integer, got {steps}')
   if int(chunk_size) != chunk_size or chunk_size < 1:

@@ -8,9 +8,7 @@ its fast library kernels (Eigen, YNNPACK), but it only visits the *entry* comput
 (xla/service/cpu/conv_canonicalization.cc loops over `module->entry_computation()`). A
 gradient step inside a `lax.while_loop` or `lax.scan` body is not in the entry
 computation: its input-gradient convolutions stay non-canonical and run on XLA's generic
-emitted loops instead. On VGG16 at 112x112 that made a fooling step inside the while_loop
-cost 1.4-2.7x the same step jitted on its own (one or two images); every backward
-convolution of the loop body read `01oi` in the compiled HLO, none was a YNNPACK fusion.
+emitted loops instead, several times slower (docs/porting.md).
 
 `canonical_convs(fn)` traces `fn` to a jaxpr and re-evaluates it with every
 convolution whose operands are not NHWC / HWIO / NHWC written as explicit transposes
@@ -24,8 +22,7 @@ left as they are; only `jit` and `closed_call` sub-programs are followed.
 XLA:CPU does not hoist those kernel transposes out of the loop either, so
 `canonical_convs_ahead(fn, params, *example_args)`, called before the loop, lays out the
 kernels that depend on the parameters alone once, and returns the body to call inside
-the loop (fooling and class visualisation use it: a VGG16 fooling step went from 1.16x
-to 1.07x the standalone gradient step, SqueezeNet's loop steps 5-8% faster).
+the loop (the input-optimisation driver uses it).
 """
 
 import jax
@@ -168,8 +165,7 @@ def canonical_convs_ahead(fn, invariant, *example_args):
   """`canonical_convs(fn)` for a loop body in which fn's first argument does not change.
 
   XLA:CPU does not hoist transposes out of loops, so a loop body written with
-  `canonical_convs` re-lays-out every kernel at every step: on VGG16 its 13 kernels cost
-  32 ms of a 427 ms gradient step. Call this outside the loop with `invariant` (the
+  `canonical_convs` re-lays-out every kernel at every step. Call this outside the loop with `invariant` (the
   model's parameters) and arguments shaped as the loop will pass them; it lays out,
   once, every kernel that depends on `invariant` alone.
 
