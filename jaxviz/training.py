@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxviz import checkpoint, models, shapes
+from jaxviz import checkpoint, models, shapes, validation
 from jaxviz.paths import shapes_weights_path as weights_path
 from jaxviz.errors import InputError
 
@@ -91,6 +91,8 @@ def train(config: ShapesTraining = ShapesTraining(), progress: bool = True):
   """
   if config.steps < 1 or config.batch_size < 1:
     raise InputError(f'steps and batch_size must be positive, got {config}')
+  validation.check_positive(config.learning_rate, 'learning_rate')
+  validation.check_positive(config.input_noise, 'input_noise', zero=True)
   start = time.perf_counter()
   model = models.build('shapes', seed=config.seed)
   model.train()

@@ -20,6 +20,8 @@ def check_classes(classes, n: int, count: int, what: str) -> np.ndarray | jax.Ar
   if isinstance(classes, jax.core.Tracer):
     return classes
   arr = np.asarray(classes)
+  if arr.size == 0:
+    raise InputError(f'{what} is empty: give one class per image')
   if arr.ndim == 0:
     arr = np.full((n,), arr)
   if arr.shape != (n,):
@@ -95,3 +97,26 @@ def split_keys(key, n: int, name: str = 'key'):
     return key
   raise InputError(f'{name} must be one PRNG key or one per example ({n}), '
                    f'got shape {key.shape}')
+
+
+def check_image(image, name: str = 'image'):
+  """One (H, W, 3) float image, finite when its values are known (not traced)."""
+  shape = tuple(np.shape(image))
+  if len(shape) != 3 or shape[-1] != 3 or 0 in shape:
+    raise InputError(f'{name} has shape {shape}: expected one (H, W, 3) RGB image')
+  if not isinstance(image, jax.core.Tracer):
+    arr = np.asarray(image)
+    if not np.issubdtype(arr.dtype, np.floating):
+      raise InputError(f'{name} must be normalised floats (use model.preprocess), '
+                       f'got {arr.dtype}')
+    if not np.isfinite(arr).all():
+      raise InputError(f'{name} contains NaN or inf')
+  return image
+
+
+def check_class(label, apply_fn, params, image_shape, name: str = 'label'):
+  """One class index in range for the model, when its value is known (not traced)."""
+  if isinstance(label, jax.core.Tracer):
+    return label
+  check_classes(label, 1, num_classes(apply_fn, params, image_shape), name)
+  return label

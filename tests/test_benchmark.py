@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip('torch')  # the benchmark compares against torch: the [test] extra
 pytest.importorskip('torchvision')
+pytestmark = pytest.mark.slow  # a benchmark run end to end: about a minute on two cores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = ('saliency', 'fooling', 'class_visualization')

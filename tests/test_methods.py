@@ -6,13 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 
-import jaxviz
-import torch_course
-from conftest import converted_weights, rel_err, to_nhwc, torch_model
-from jaxviz.errors import InputError
-from jaxviz.methods import class_visualization_one, fooling_image, gaussian_blur
+torch = pytest.importorskip('torch')  # the float64 references; the [test] extra
+
+import jaxviz  # noqa: E402
+import torch_course  # noqa: E402
+from conftest import rel_err  # noqa: E402
+from jaxviz.errors import InputError  # noqa: E402
+from jaxviz.methods import (class_visualization_one, fooling_image,  # noqa: E402
+                            saliency_map)
+from jaxviz.ops import gaussian_blur  # noqa: E402
+from torch_helpers import converted_weights, to_nhwc, torch_model  # noqa: E402
 
 NAME, SEED, SIZE = 'squeezenet1_1', 0, 128
 # float64 agreement: summation order only (~1e-15 per op). Iterating 100 steps of
@@ -267,14 +271,22 @@ def test_zero_init_gives_no_nan(model):
   assert np.all(np.isfinite(result.images)) and np.abs(result.images).max() > 0
 
 
-def test_methods_compile_once(model, images):
+def _counting(apply_fn):
+  """apply_fn, and a list that grows by one each time it is traced."""
   traces = []
 
   def counted(params, x):
     traces.append(x.shape)
-    return model.apply(params, x)
+    return apply_fn(params, x)
 
+  return counted, traces
+
+
+def test_methods_compile_once(model, images):
+  counted, traces = _counting(model.apply)
   calls = [
+      lambda: jaxviz.attribute('gradient_x_input', counted, model.params, images, [1, 2, 3],
+                               reduce='sum_abs'),
       lambda: jaxviz.saliency_maps(counted, model.params, images, [1, 2, 3]),
       lambda: jaxviz.fooling_images(counted, model.params, images, [1, 2, 3], max_iterations=2),
       lambda: jaxviz.class_visualization(counted, model.params, [1, 2], jax.random.key(0),
@@ -302,7 +314,35 @@ def test_methods_compile_once(model, images):
     (lambda m, x: jaxviz.class_visualization(m.apply, m.params, [1, 2], jax.random.key(0),
                                              init=x), '3 images for 2 targets'),
     (lambda m, x: jaxviz.class_visualization(m.apply, m.params, [1], jax.random.key(0),
-                                             num_iterations=0), 'at least 1'),
+                                             num_iterations=0), 'num_iterations must be a pos'),
+    (lambda m, x: jaxviz.class_visualization(m.apply, m.params, [1], jax.random.key(0),
+                                             learning_rate=float('nan')), 'learning_rate'),
+    (lambda m, x: jaxviz.class_visualization(m.apply, m.params, [1], jax.random.key(0),
+                                             image_shape=(40, 40, 3), max_jitter=40),
+     'max_jitter 40 must'),
+    (lambda m, x: jaxviz.class_visualization(m.apply, m.params, [1], 7), 'PRNG key'),
+    (lambda m, x: jaxviz.fooling_images(m.apply, m.params, x, [1, 2, 3],
+                                        learning_rate=-1.0), 'learning_rate'),
+    (lambda m, x: jaxviz.fooling_images(m.apply, m.params, x.at[1, 2, 3, 0].set(jnp.nan),
+                                        [1, 2, 3]), r'image\(s\) \[1\] contain NaN'),
+    (lambda m, x: jaxviz.attribute('occlusion', m.apply, m.params, x, [1, 2, 3]),
+     'unknown attribution method'),
+    (lambda m, x: jaxviz.attribute('gradient', m.apply, m.params, x, [1, 2, 3],
+                                   reduce='mean'), 'reduce must be one of'),
+    (lambda m, x: jaxviz.attribute('gradient', m.apply, m.params, x, [1, 2, 3],
+                                   objective='l1'), 'objective must be one of'),
+    # Per-example functions check their arguments too, also when traced.
+    (lambda m, x: saliency_map(m.apply, m.params, x[0], 1, 'l1'), 'objective'),
+    (lambda m, x: jax.jit(lambda x: saliency_map(m.apply, m.params, x, 1, 'l1'))(x[0]),
+     'objective'),
+    (lambda m, x: fooling_image(m.apply, m.params, x[0], 1, objective='descend'),
+     'objective'),
+    (lambda m, x: fooling_image(m.apply, m.params, x[0], 1, learning_rate=0.0),
+     'learning_rate'),
+    (lambda m, x: class_visualization_one(
+        m.apply, m.params, 1, jax.random.key(0), x[0], 1.0, 0.0, -1.0, 1.0,
+        num_iterations=2, blur_every=1, blur_sigma=-1.0, max_jitter=0, clamp=True,
+        optimizer=None, snapshot_every=0), 'blur_sigma'),
 ])
 def test_bad_input_is_a_one_line_error(model, images, call, match):
   with pytest.raises(InputError, match=match) as e:
@@ -312,33 +352,42 @@ def test_bad_input_is_a_one_line_error(model, images, call, match):
 
 # ---- loops on XLA:CPU's fast convolutions, chunking ----------------------------------
 
-def _kernel_layouts(compiled_text):
-  """The kernel layout of every convolution in compiled HLO ('01io' is XLA:CPU's fast one)."""
-  import re
-  return set(re.findall(r'dim_labels=\w+?_(\w+)->', compiled_text))
+def _loop_conv_specs(jaxpr, in_loop=False):
+  """The (lhs, rhs, out) specs of every convolution inside a loop body of `jaxpr`."""
+  specs = set()
+  for eqn in jaxpr.eqns:
+    loop = in_loop or eqn.primitive.name in ('while', 'scan')
+    if eqn.primitive.name == 'conv_general_dilated' and in_loop:
+      d = eqn.params['dimension_numbers']
+      specs.add((d.lhs_spec, d.rhs_spec, d.out_spec))
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      specs |= _loop_conv_specs(sub, loop)
+  return specs
 
 
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU layouts')
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='an XLA:CPU workaround')
 def test_loop_bodies_keep_convolutions_canonical(model):
   # XLA:CPU canonicalises convolutions in the entry computation only: in a loop body the
-  # input gradient's HWOI-kernel convolutions ran on a naive emitter, 1.5-2.7x slower.
-  # (XLA rewrites some convolutions of tiny feature maps into other layouts of its own:
-  # the input gradient's HWOI kernel, '01oi', is the one that must not appear.)
+  # input gradient's HWOI-kernel convolutions ran on a naive emitter, 1.5-2.7x slower. The
+  # drivers rewrite every convolution of a loop body into NHWC / HWIO / NHWC.
+  canonical = {((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))}
   x = jnp.zeros((48, 48, 3))
-  fool = jax.jit(lambda p, x: fooling_image(model.apply, p, x, 1, 1.0, 3)[0])
-  layouts = _kernel_layouts(fool.lower(model.params, x).compile().as_text())
-  assert '01io' in layouts and '01oi' not in layouts, layouts
+  fool = jax.make_jaxpr(lambda p, x: fooling_image(model.apply, p, x, 1, 1.0, 3)[0])
+  assert _loop_conv_specs(fool(model.params, x).jaxpr) == canonical
   low, high = (jnp.asarray(v) for v in jaxviz.valid_range())
-  viz = jax.jit(lambda p, x: class_visualization_one(
+  viz = jax.make_jaxpr(lambda p, x: class_visualization_one(
       model.apply, p, 1, jax.random.key(0), x, 1.0, 1e-3, low, high, num_iterations=3,
       blur_every=2, blur_sigma=0.5, max_jitter=4, clamp=True, optimizer=None,
       snapshot_every=0)[0])
-  layouts = _kernel_layouts(viz.lower(model.params, x).compile().as_text())
-  assert '01io' in layouts and '01oi' not in layouts, layouts
+  assert _loop_conv_specs(viz(model.params, x).jaxpr) == canonical
+  # Chunks (lax.map) too.
+  chunked = jax.make_jaxpr(lambda p, x: jaxviz.parallel.map_chunks(
+      lambda x: jax.vmap(lambda x: saliency_map(model.apply, p, x, 1))(x), x, 1))
+  assert _loop_conv_specs(chunked(model.params, jnp.zeros((2, 48, 48, 3))).jaxpr) == canonical
 
 
 def test_canonical_convs_is_bit_identical():
-  from jaxviz.methods._canonical import canonical_convs
+  from jaxviz._xla_cpu.canonical import canonical_convs
   # NCHW input, OIHW kernel, NHWC output, strides, dilation and groups: every transpose
   # path, in the input and the kernel gradients (whose convolutions group the batch).
   rng = np.random.default_rng(1)
@@ -367,7 +416,7 @@ def test_canonical_convs_is_bit_identical():
 
 
 def test_canonical_convs_ahead_lays_out_kernels_once_outside_the_loop():
-  from jaxviz.methods._canonical import canonical_convs, canonical_convs_ahead
+  from jaxviz._xla_cpu.canonical import canonical_convs, canonical_convs_ahead
   rng = np.random.default_rng(2)
   kernels = (jnp.asarray(rng.standard_normal((3, 3, 3, 8)), jnp.float32),
              jnp.asarray(rng.standard_normal((3, 3, 8, 4)), jnp.float32))
@@ -454,7 +503,7 @@ def test_bad_chunk_size_is_a_one_line_error(model, images, chunk_size):
 
 
 def test_jitter_roll_equals_jnp_roll():
-  from jaxviz.methods.class_visualization import _roll
+  from jaxviz.methods._ascent import roll as _roll
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 9, 3)), jnp.float32)
   shifts = jnp.array([[0, 0], [3, 8], [7, 9], [-2, -11], [16, 16]])
   for oy, ox in shifts.tolist():
@@ -467,60 +516,172 @@ def test_jitter_roll_equals_jnp_roll():
                                                    axis=(0, 1)))
 
 
-# ---- XLA:CPU's convolution kernels, chosen per program (jaxviz/kernels.py) ------------
+# ---- XLA:CPU's convolution kernels: an explicit, per-program setting ------------------
 
-def test_cpu_kernels_auto_follows_the_model_and_dtype(model):
-  from jaxviz import kernels
-  on_cpu = jax.default_backend() == 'cpu'
-  assert kernels.resolve('auto', model.apply, np.float32) == ('eigen' if on_cpu else 'xla')
-  assert kernels.resolve('auto', model.apply, np.float64) == 'xla'  # Eigen: 3-27x slower
-  assert kernels.resolve('auto', model.hooked_apply, np.float32) == 'xla'  # not registered
-  assert kernels.resolve('auto', lambda p, x: x, np.float32) == 'xla'
-
-  def vgg_apply(params, images):
-    return images
-  kernels.register(vgg_apply, 'vgg16')  # batched VGG16 is slower on Eigen
-  assert kernels.resolve('auto', vgg_apply, np.float32) == 'xla'
-  for forced in ('xla', 'eigen'):
-    assert kernels.resolve(forced, vgg_apply, np.float64) == forced
-  with pytest.raises(InputError, match="cpu_kernels must be one of 'auto', 'xla', 'eigen'"):
+def test_model_cpu_kernels_follow_the_architecture_and_dtype(model):
+  assert model.cpu_kernels == 'eigen'  # SqueezeNet 1.1 in float32: faster on Eigen
+  assert jaxviz.load_model('squeezenet1_1', 'random', dtype=jnp.float16).cpu_kernels == 'xla'
+  import dataclasses
+  vgg = dataclasses.replace(model, name='vgg16')  # (its params are not looked at)
+  assert vgg.cpu_kernels == 'xla'  # batched VGG16 is slower on Eigen
+  with pytest.raises(InputError, match="cpu_kernels must be None, 'xla' or 'eigen'"):
     jaxviz.saliency_maps(model.apply, model.params, np.zeros((1, 32, 32, 3), np.float32),
-                         [1], cpu_kernels='onednn')
+                         [1], cpu_kernels='auto')
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU kernels')
 def test_cpu_kernels_compile_apart_and_agree_to_round_off(model, images):
-  from jaxviz.methods import saliency
+  # Wrapping the apply function changes nothing: the kernels are what the call asks for.
+  apply, traces = _counting(model.apply)
   labels = np.array([1, 2, 3])
-  x = jnp.asarray(images[:3, :71, :73])  # a shape no other test compiles
-  programs = {k: saliency._compiled_saliency_maps(k) for k in ('xla', 'eigen')}
-  texts = {k: p.lower(model.apply, model.params, x, labels, 'score').compile().as_text()
-           for k, p in programs.items()}
-  assert 'ynn_fusion' in texts['xla'] and 'ynn_fusion' not in texts['eigen']
-
-  before = {k: p._cache_size() for k, p in programs.items()}
-  auto = jaxviz.saliency_maps(model.apply, model.params, x, labels)  # 'eigen' for SqueezeNet
-  assert programs['eigen']._cache_size() == before['eigen'] + 1
-  assert programs['xla']._cache_size() == before['xla']
-  xla = jaxviz.saliency_maps(model.apply, model.params, x, labels, cpu_kernels='xla')
+  x = jnp.asarray(images[:3, :71, :73])
+  results = {}
+  for kernels in ('eigen', 'xla', None):
+    results[kernels] = jaxviz.saliency_maps(apply, model.params, x, labels,
+                                            cpu_kernels=kernels)
+  # 'xla' and None are the same program, Eigen's is another: two compilations.
+  assert len(traces) == 2, traces
+  np.testing.assert_array_equal(results['xla'], results[None])
   # Same function, other kernels: summation order only (measured 5e-7 relative at 96 px);
-  # any semantic difference would be >= 1e-3.
-  assert 0 < rel_err(auto, xla) <= 1e-4
-  # Fooling and class visualisation compile the variant asked for, and agree.
-  import importlib  # the package's `class_visualization` is the function, not the module
-  cv = importlib.import_module('jaxviz.methods.class_visualization')
-  fooling = importlib.import_module('jaxviz.methods.fooling')
-  for variants, method in (
-      (fooling._compiled_fooling_images,
-       lambda k: jaxviz.fooling_images(model.apply, model.params, x[:1], [5],
-                                       max_iterations=3, cpu_kernels=k).images),
-      (cv._compiled_class_visualization,
-       lambda k: jaxviz.class_visualization(model.apply, model.params, [5], jax.random.key(0),
-                                            image_shape=(47, 49, 3), num_iterations=3,
-                                            cpu_kernels=k).images)):
-    results = {}
-    for k in ('eigen', 'xla'):
-      before = variants(k)._cache_size()
-      results[k] = method(k)
-      assert variants(k)._cache_size() == before + 1, k
-    assert rel_err(results['eigen'], results['xla']) <= 1e-4
+  # any semantic difference would be >= 1e-3. Not equal: the option took effect.
+  assert 0 < rel_err(results['eigen'], results['xla']) <= 1e-4
+  for method in (
+      lambda k: jaxviz.fooling_images(apply, model.params, x[:1], [5], max_iterations=3,
+                                      cpu_kernels=k).images,
+      lambda k: jaxviz.class_visualization(apply, model.params, [5], jax.random.key(0),
+                                           image_shape=(47, 49, 3), num_iterations=3,
+                                           cpu_kernels=k).images):
+    got = {k: method(k) for k in ('eigen', 'xla')}
+    assert rel_err(got['eigen'], got['xla']) <= 1e-4
+
+
+# ---- the attribution protocol ---------------------------------------------------------
+
+def test_gradient_x_input_equals_torch_float64(model64, inputs):
+  import torch_attribution
+  labels = np.array([930, 150, 5])
+  with jax.enable_x64(True):
+    got = jaxviz.attribute('gradient_x_input', model64.apply, model64.params,
+                           jnp.asarray(inputs), labels, reduce=None)
+    summed = jaxviz.attribute('gradient_x_input', model64.apply, model64.params,
+                              jnp.asarray(inputs), labels, reduce='sum_abs')
+  expected = to_nhwc(torch_attribution.gradient_x_input(
+      torch_model(NAME, SEED), _nchw(inputs), torch.tensor(labels)))
+  assert got.dtype == jnp.float64 and np.abs(expected).max() > 0
+  assert rel_err(got, expected) <= TOL64  # one gradient: summation order only
+  assert rel_err(summed, np.abs(expected).sum(-1)) <= TOL64
+
+
+def test_reductions_are_the_documented_ones():
+  a = jnp.asarray([[[3.0, -4.0, 0.0], [-1.0, 2.0, -2.0]]])  # (1, 2, 3)
+  np.testing.assert_array_equal(jaxviz.methods.max_abs(a), [[4.0, 2.0]])
+  np.testing.assert_array_equal(jaxviz.methods.sum_abs(a), [[7.0, 5.0]])
+  np.testing.assert_array_equal(jaxviz.methods.l2(a), [[5.0, 3.0]])
+
+
+def _linear_apply(params, x):
+  """A model linear in its input: logits = <W_c, x> + b_c."""
+  return jnp.einsum('nhwc,khwc->nk', x, params['w']) + params['b']
+
+
+def test_gradient_x_input_sums_to_the_score_change_of_a_linear_model():
+  # Shrikumar et al.: for a linear model, sum(x * grad) = f(x) - f(0) exactly.
+  rng = np.random.default_rng(0)
+  params = {'w': jnp.asarray(rng.standard_normal((4, 8, 8, 3)), jnp.float32),
+            'b': jnp.asarray(rng.standard_normal(4), jnp.float32)}
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 3)), jnp.float32)
+  attributions = jaxviz.attribute('gradient_x_input', _linear_apply, params, x, [1, 3],
+                                  reduce=None)
+  change = _linear_apply(params, x)[[0, 1], [1, 3]] - params['b'][jnp.array([1, 3])]
+  np.testing.assert_allclose(attributions.sum(axis=(1, 2, 3)), change, rtol=1e-5)  # f32 sums
+
+
+def test_saliency_maps_are_the_gradient_attribution_reduced_by_max_abs(model, images):
+  for objective in ('score', 'cross_entropy'):
+    np.testing.assert_array_equal(
+        jaxviz.saliency_maps(model.apply, model.params, images, [1, 2, 3], objective),
+        jaxviz.attribute('gradient', model.apply, model.params, images, [1, 2, 3],
+                         objective=objective))
+
+
+def _noisy(method, sigma, samples=2):
+  """A wrapper on the protocol: the mean of `method` at `samples` noisy copies of the
+  image (SmoothGrad's shape), drawing the noise from the per-example key."""
+
+  def wrapped(apply_fn, params, image, label, key):
+    keys = jax.random.split(key, samples)
+    noisy = lambda k: method(apply_fn, params,
+                             image + sigma * jax.random.normal(k, image.shape, image.dtype),
+                             label, k)
+    return jax.vmap(noisy)(keys).mean(axis=0)
+
+  return wrapped
+
+
+def test_wrappers_compose_over_any_attribution(model, images):
+  from jaxviz.methods import gradient, gradient_x_input
+  labels = [1, 2, 3]
+  run = lambda method, key: jaxviz.attribute(method, model.apply, model.params, images,
+                                             labels, key=key, reduce=None)
+  for method in (gradient, gradient_x_input):
+    # With no noise the wrapper is the mean of identical copies: the method itself.
+    np.testing.assert_allclose(run(_noisy(method, 0.0), jax.random.key(0)),
+                               run(method, None), rtol=1e-6, atol=1e-9)
+    noisy = _noisy(method, 0.5)
+    a, b = run(noisy, jax.random.key(1)), run(noisy, jax.random.key(1))
+    np.testing.assert_array_equal(a, b)  # the key decides, bit for bit
+    assert not np.array_equal(a, run(noisy, jax.random.key(2)))
+
+
+def test_registering_a_name_twice_is_refused():
+  from jaxviz.methods import attribution, methods
+  assert {'gradient', 'gradient_x_input'} <= set(methods())
+  with pytest.raises(ValueError, match='registered already'):
+    attribution('gradient')(lambda *args: None)
+
+
+def test_class_visualization_dtype_follows_the_inputs(model64, inputs):
+  kw = dict(num_iterations=2, max_jitter=0, blur_every=0)
+  with jax.enable_x64(True):
+    from_init = jaxviz.class_visualization(model64.apply, model64.params, [1],
+                                           jax.random.key(0), init=inputs[:1, :48, :48], **kw)
+    from_params = jaxviz.class_visualization(model64.apply, model64.params, [1],
+                                             jax.random.key(0), image_shape=(48, 48, 3), **kw)
+  assert from_init.images.dtype == jnp.float64 and from_params.images.dtype == jnp.float64
+
+
+def test_methods_run_inside_the_callers_jit_with_any_kernels(model, images):
+  # Compile options belong to the outermost program: inside a caller's jit the method's
+  # own choice gives way (jaxviz.compiler_options gives them to the caller's jit).
+  for kernels in ('eigen', 'xla'):
+    inner = jax.jit(lambda p, x: jaxviz.saliency_maps(model.apply, p, x, [1, 2, 3],
+                                                      cpu_kernels=kernels),
+                    compiler_options=jaxviz.compiler_options(kernels))
+    np.testing.assert_allclose(
+        inner(model.params, images),
+        jaxviz.saliency_maps(model.apply, model.params, images, [1, 2, 3],
+                             cpu_kernels=kernels), rtol=1e-5, atol=1e-7)  # f32 round-off
+
+
+@pytest.mark.parametrize('call,match', [
+    (lambda m, x: saliency_map(m.apply, m.params, x[0].at[0, 0, 0].set(jnp.inf), 1), 'NaN'),
+    (lambda m, x: saliency_map(m.apply, m.params, x[0], 1000), 'out of range'),
+    (lambda m, x: saliency_map(m.apply, m.params, x[0, :, :, 0], 1), r'\(H, W, 3\)'),
+    (lambda m, x: fooling_image(m.apply, m.params, x[0].at[3, 3, 1].set(jnp.nan), 1), 'NaN'),
+    (lambda m, x: fooling_image(m.apply, m.params, x[0], 1001), 'out of range'),
+    (lambda m, x: class_visualization_one(
+        m.apply, m.params, 1, jax.random.key(0), x[0], float('nan'), 0.0, -1.0, 1.0,
+        num_iterations=2, blur_every=0, blur_sigma=0.5, max_jitter=0, clamp=True,
+        optimizer=None, snapshot_every=0), 'learning_rate'),
+    (lambda m, x: jaxviz.class_visualization(m.apply, m.params, [], jax.random.key(0)),
+     'targets is empty'),
+    (lambda m, x: jaxviz.class_visualization(m.apply, m.params, [1], jax.random.key(0),
+                                             image_shape=(0, 40, 3)), 'image_shape'),
+    (lambda m, x: jaxviz.class_visualization(m.apply, m.params, [1], jax.random.key(0),
+                                             clamp=(np.full(3, np.nan), np.ones(3))),
+     'clamp bounds'),
+])
+def test_per_example_functions_check_images_and_classes(model, images, call, match):
+  with pytest.raises(InputError, match=match) as e:
+    call(model, images)
+  assert '\n' not in str(e.value)

@@ -1,7 +1,9 @@
 """The Flax ports against torchvision: logits and input gradients, float64 and float32.
 
 Random-init torchvision models (no download) are converted with weights_convert and
-loaded with jaxviz.load_model, so every test also exercises the conversion path.
+loaded with jaxviz.load_model, so every test also exercises the conversion path. The tests
+against torchvision import torch themselves and skip without it (the [test] extra); the
+ones on jaxviz's models alone run anywhere.
 """
 
 import functools
@@ -10,12 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-import torchvision
 
 import jaxviz
-from conftest import converted_weights, rel_err, to_nhwc, torch_model
+from conftest import rel_err
 from jaxviz import models
 
 # Standard; odd (SqueezeNet's ceil-mode pools add a window, VGG's floor-mode pools drop a
@@ -30,6 +29,14 @@ CASES = ([(n, s, hw) for n in ('squeezenet1_1', 'squeezenet1_0') for s in (0, 1)
          + [('vgg16', 0, (224, 224))]
          + [(n, 0, (193, 291)) for n in ('vgg16', 'vgg16_bn', 'vgg19')])
 BATCH = 2
+
+
+def _torch():
+  """torch and torchvision; skips the calling test where they are not installed."""
+  torch = pytest.importorskip('torch')
+  pytest.importorskip('torchvision')
+  import torch_helpers  # noqa: F401  (sets torch's thread count)
+  return torch
 
 
 @functools.partial(jax.jit, static_argnames='apply')
@@ -48,6 +55,9 @@ def _torch_truth(model, x, ce_labels):
   final ReLU leaves many classes at exactly 0 with an all-zero gradient, which would make
   the comparison vacuous. The cross-entropy gradient is never zero: random labels.
   """
+  import torch
+  import torch.nn.functional as F
+  from torch_helpers import to_nhwc
   with torch.no_grad():
     score_labels = model(torch.tensor(x.transpose(0, 3, 1, 2))).argmax(1).numpy()
   xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
@@ -60,9 +70,12 @@ def _torch_truth(model, x, ce_labels):
   return (logits.detach().numpy(), to_nhwc(g_score), to_nhwc(g_ce)), score_labels
 
 
+@pytest.mark.slow  # ~8 minutes in all on two cores, the VGGs most of it
 @pytest.mark.parametrize('name,seed,hw', CASES,
                          ids=[f'{n}-seed{s}-{h}x{w}' for n, s, (h, w) in CASES])
 def test_matches_torch(name, seed, hw, weights_dir):
+  _torch()
+  from torch_helpers import converted_weights, torch_model
   path = converted_weights(name, seed, weights_dir)
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((BATCH, *hw, 3))
@@ -94,6 +107,8 @@ def test_matches_torch(name, seed, hw, weights_dir):
 
 @pytest.mark.parametrize('name', sorted(models.ARCHITECTURES))
 def test_parameter_count_equals_torchvision(name):
+  torch = _torch()
+  import torchvision
   with torch.device('meta'):
     expected = sum(p.numel() for p in torchvision.models.get_model(name).parameters())
   params = models.functionalize(models.build_abstract(name))[2]
@@ -108,6 +123,8 @@ def test_parameter_count_equals_torchvision(name):
 
 
 def test_intermediates_equal_torch_activations(weights_dir):
+  torch = _torch()
+  from torch_helpers import converted_weights, to_nhwc, torch_model
   name, layers = 'squeezenet1_1', {'features.2': None, 'features.3.squeeze_activation': None,
                                    'features.12': None, 'classifier.1': None}
   tm = torch_model(name, 0)
@@ -168,6 +185,7 @@ def test_random_weights_are_seeded():
 
 
 def test_imagenet_class_names_equal_torchvision():
+  _torch()
   from torchvision.models._meta import _IMAGENET_CATEGORIES
   assert jaxviz.imagenet_class_names() == tuple(_IMAGENET_CATEGORIES)
 

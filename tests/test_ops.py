@@ -1,22 +1,32 @@
-"""The torch-semantics ops, forward and gradient, against torch in float64."""
+"""The torch-semantics ops, forward and gradient, against torch in float64.
+
+The tests that compare against torch import it themselves and skip without it (the
+[test] extra); the others run anywhere.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from flax import nnx
 
-from conftest import to_nhwc
 from jaxviz import ops
 from jaxviz.errors import InputError
 from jaxviz.models import layers as L
 from jaxviz.models.squeezenet import Fire
 
 
+def _torch():
+  """torch, its threads set by torch_helpers; skips the calling test without torch."""
+  torch = pytest.importorskip('torch')
+  import torch_helpers  # noqa: F401
+  return torch
+
+
 def _pool_case(x, kernel, stride, ceil_mode, pool_fn, torch_fn):
   """Forward and vector-Jacobian product of a pooling op against torch."""
+  import torch
+  from torch_helpers import to_nhwc
   xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
   out_t = torch_fn(xt)
   cot = np.random.default_rng(1).standard_normal(out_t.shape)
@@ -32,6 +42,7 @@ def _pool_case(x, kernel, stride, ceil_mode, pool_fn, torch_fn):
 @pytest.mark.parametrize('kernel,stride', [(3, 2), (2, 2), (3, 1)])
 @pytest.mark.parametrize('ceil_mode', [True, False])
 def test_max_pool_matches_torch(size, kernel, stride, ceil_mode):
+  F = _torch().nn.functional
   x = np.random.default_rng(0).standard_normal((2, *size, 3))
   (out_j, out_t), (g_j, g_t) = _pool_case(
       x, kernel, stride, ceil_mode,
@@ -48,6 +59,7 @@ def test_max_pool_matches_torch(size, kernel, stride, ceil_mode):
 def test_max_pool_ties_route_gradient_like_torch(ceil_mode):
   # Saturated image regions give equal activations; torch sends the gradient to the
   # first maximum of each window (row-major). So must we, to the bit.
+  F = _torch().nn.functional
   x = np.random.default_rng(0).integers(0, 3, (2, 11, 13, 4)).astype(np.float64)
   _, (g_j, g_t) = _pool_case(x, 3, 2, ceil_mode,
                              lambda x: ops.max_pool2d(x, 3, 2, ceil_mode=ceil_mode),
@@ -59,6 +71,7 @@ def test_max_pool_nan_and_inf_like_torch():
   # torch's CPU kernel takes `val > max || isnan(val)`: a window with NaNs outputs NaN
   # and sends its gradient to the last NaN; an all -inf window routes to its first input,
   # even where the window starts in the (-inf) padding.
+  F = _torch().nn.functional
   rng = np.random.default_rng(0)
   x = rng.integers(0, 3, (2, 9, 11, 4)).astype(np.float64)
   x[rng.random(x.shape) < 0.3] = -np.inf
@@ -92,6 +105,9 @@ def test_max_pool_gradient_equals_reduce_window_without_ties():
 
 
 def test_max_pool_forward_mode_and_second_order():
+  torch = _torch()
+  F = torch.nn.functional
+  from torch_helpers import to_nhwc
   x = np.random.default_rng(0).integers(0, 4, (2, 11, 12, 3)).astype(np.float64)  # ties
   t = np.random.default_rng(1).standard_normal(x.shape)
   xt, tt = torch.tensor(x.transpose(0, 3, 1, 2)), torch.tensor(t.transpose(0, 3, 1, 2))
@@ -152,6 +168,7 @@ def test_fire_then_pool_is_pooled_per_branch_only_when_unhooked():
 
 @pytest.mark.parametrize('size', [(1, 1), (3, 5), (6, 9), (7, 7), (9, 10), (14, 14), (16, 23)])
 def test_adaptive_avg_pool_matches_torch(size):
+  F = _torch().nn.functional
   x = np.random.default_rng(0).standard_normal((2, *size, 3))
   (out_j, out_t), (g_j, g_t) = _pool_case(
       x, None, None, None, lambda x: ops.adaptive_avg_pool2d(x, (7, 7)),
@@ -162,6 +179,7 @@ def test_adaptive_avg_pool_matches_torch(size):
 
 
 def test_flatten_matches_torch_order():
+  torch = _torch()
   x = np.arange(2 * 3 * 4 * 5, dtype=np.float64).reshape(2, 3, 4, 5)  # NHWC
   expected = torch.flatten(torch.tensor(x.transpose(0, 3, 1, 2)), 1).numpy()
   np.testing.assert_array_equal(np.asarray(ops.flatten_nchw(jnp.asarray(x))), expected)

@@ -10,9 +10,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 DEVICES, N, SIZE = 4, 5, 64
 
 
+@pytest.mark.slow  # the methods compiled for one device and for four: ~45 s on two cores
 def test_sharded_methods_equal_single_device():
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   # Backend optimisation level 0 halves the compile time that this test is made of; the

@@ -1,4 +1,8 @@
-"""weights_convert and jaxviz.checkpoint: round trip, CLI, and every kind of bad file."""
+"""weights_convert and jaxviz.checkpoint: round trip, CLI, and every kind of bad file.
+
+Converting needs torch (the [test] extra): those tests, and the ones on a converted file,
+import it themselves and skip without it; the checkpoint-only tests run anywhere.
+"""
 
 import os
 import subprocess
@@ -9,20 +13,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torchvision
 
 import jaxviz
 import weights_convert
-from conftest import rel_err, to_nhwc
+from conftest import rel_err
 from jaxviz import checkpoint
 from jaxviz.errors import InputError, WeightsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _torch():
+  """torch (torchvision too); skips the calling test or fixture where they are missing."""
+  torch = pytest.importorskip('torch')
+  pytest.importorskip('torchvision')
+  import torch_helpers  # noqa: F401  (sets torch's thread count)
+  return torch
+
+
 @pytest.fixture(scope='module')
 def squeezenet_pth(tmp_path_factory):
+  torch = _torch()
+  import torchvision
   torch.manual_seed(0)
   model = torchvision.models.squeezenet1_1().eval()
   path = str(tmp_path_factory.mktemp('pth') / 'squeezenet1_1.pth')
@@ -31,6 +43,7 @@ def squeezenet_pth(tmp_path_factory):
 
 
 def test_cli_converts_and_loads(squeezenet_pth, tmp_path):
+  import torch
   pth, torch_model = squeezenet_pth
   out = str(tmp_path / 'sq.npz')
   proc = subprocess.run(
@@ -60,6 +73,7 @@ def test_load_from_imagenet_cache(squeezenet_pth, tmp_path, monkeypatch):
 
 
 def test_download_without_network_is_one_line(monkeypatch, tmp_path):
+  torch = _torch()
   monkeypatch.setenv('TORCH_HOME', str(tmp_path))
   calls = []
 
@@ -80,11 +94,15 @@ def test_download_without_network_is_one_line(monkeypatch, tmp_path):
 
 
 def test_official_weights_carry_class_names_offline():
+  _torch()
   meta = weights_convert.official_weights('vgg16').meta
   assert tuple(meta['categories']) == jaxviz.imagenet_class_names()
 
 
 def _state_dict(name='squeezenet1_1'):
+  """A random-init torchvision state dict; skips the calling test without torch."""
+  torch = _torch()
+  import torchvision
   torch.manual_seed(0)
   return torchvision.models.get_model(name).state_dict()
 
@@ -97,6 +115,7 @@ def test_missing_key_is_named():
 
 
 def test_extra_key_is_named():
+  torch = _torch()
   sd = _state_dict()
   sd['features.13.weight'] = torch.zeros(3, 3, 1, 1)
   with pytest.raises(WeightsError, match=r'unexpected parameter.*features\.13\.kernel'):
@@ -104,6 +123,7 @@ def test_extra_key_is_named():
 
 
 def test_shape_mismatch_is_named():
+  torch = _torch()
   sd = _state_dict()
   sd['features.0.weight'] = torch.zeros(64, 3, 5, 5)
   with pytest.raises(WeightsError, match=r'features\.0\.kernel has shape \(5, 5, 3, 64\)'):
@@ -194,6 +214,7 @@ class _Evil:
 
 
 def test_pickled_objects_are_refused(tmp_path):
+  torch = _torch()
   bad = tmp_path / 'evil.pth'
   torch.save({'features.0.weight': _Evil()}, bad)  # torch.save pickles arbitrary objects
   with pytest.raises(WeightsError, match='weights_only=True'):
@@ -201,6 +222,7 @@ def test_pickled_objects_are_refused(tmp_path):
 
 
 def test_wrapped_and_data_parallel_state_dicts(tmp_path):
+  torch = _torch()
   sd = _state_dict()
   path = tmp_path / 'wrapped.pth'
   torch.save({'epoch': 3, 'state_dict': {f'module.{k}': v for k, v in sd.items()}}, path)

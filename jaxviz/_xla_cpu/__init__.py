@@ -52,16 +52,19 @@ def platform(mesh=None) -> str:
 
 
 def jit_variants(fn, **jit_kwargs):
-  """`jax.jit(fn, **jit_kwargs)` once per kernel choice: returns `variant(kernels, mesh)`.
+  """`jax.jit(fn, **jit_kwargs)` once per kernel choice: returns
+  `variant(kernels, mesh, nested)`.
 
-  Off CPU the kernel choice is ignored: there is one program, XLA's default.
+  Off CPU the kernel choice is ignored: there is one program, XLA's default. So it is
+  when `nested` (the call is inside the caller's own jit): compile options belong to the
+  outermost program, which the caller compiles (`compiler_options` gives them).
   """
   variants = {'xla': jax.jit(fn, **jit_kwargs),
               'eigen': jax.jit(fn, **jit_kwargs, compiler_options=EIGEN_OPTIONS)}
 
-  def variant(cpu_kernels: str | None, mesh=None):
+  def variant(cpu_kernels: str | None, mesh=None, nested: bool = False):
     kernels = check_kernels(cpu_kernels)
-    return variants[kernels if platform(mesh) == 'cpu' else 'xla']
+    return variants[kernels if platform(mesh) == 'cpu' and not nested else 'xla']
 
   return variant
 

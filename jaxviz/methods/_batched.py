@@ -117,7 +117,9 @@ class BatchedMethod:
     shared = tuple(arrays[name] for name in self.replicated)
     if parallel.batch_size(batch) == 0:
       raise InputError('the batch is empty')
-    run = self._compiled(cpu_kernels, mesh)
+    nested = any(isinstance(leaf, jax.core.Tracer)
+                 for leaf in jax.tree.leaves((params, batch, shared)))
+    run = self._compiled(cpu_kernels, mesh, nested)
     static = dict(options=tuple(sorted((options or {}).items())), chunk_size=chunk_size,
                   progress=progress, num_steps=num_steps)
     if mesh is None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxviz import parallel, validation
 from jaxviz.errors import InputError
@@ -85,6 +86,8 @@ def gradient(apply_fn, params, image, label, key=None, *, objective: str = 'scor
     Simonyan, Vedaldi & Zisserman, Deep Inside Convolutional Networks, ICLR-W 2014, eq. 2.
   """
   del key
+  validation.check_image(image)
+  validation.check_class(label, apply_fn, params, np.shape(image))
   return objective_grad(apply_fn, params, image, label, check_objective(objective))[0]
 
 

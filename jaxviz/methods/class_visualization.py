@@ -48,6 +48,9 @@ def _check_options(num_iterations, blur_every, blur_sigma, max_jitter, snapshot_
     validation.check_positive(value, name, integer=True, zero=True)
   if blur_every:
     validation.check_positive(blur_sigma, 'blur_sigma')
+  if snapshot_every > num_iterations:
+    raise InputError(f'snapshot_every {snapshot_every} is more than num_iterations '
+                     f'{num_iterations}: no snapshot would be taken')
 
 
 def class_visualization_one(apply_fn, params, target, key, init, learning_rate, l2_reg,
@@ -63,6 +66,10 @@ def class_visualization_one(apply_fn, params, target, key, init, learning_rate, 
     None).
   """
   _check_options(num_iterations, blur_every, blur_sigma, max_jitter, snapshot_every)
+  validation.check_image(init, 'init')
+  validation.check_class(target, apply_fn, params, init.shape, 'target')
+  validation.check_positive(learning_rate, 'learning_rate')
+  validation.check_positive(l2_reg, 'l2_reg', zero=True)
   if max_jitter >= min(init.shape[:2]):
     raise InputError(f'max_jitter {max_jitter} must be smaller than the image '
                      f'({init.shape[0]}x{init.shape[1]})')
@@ -180,7 +187,7 @@ def class_visualization(apply_fn, params, targets, key, *, init=None,
     if init.shape[0] != n:
       raise InputError(f'init has {init.shape[0]} images for {n} targets')
     image_shape = tuple(init.shape[1:])
-  if len(image_shape) != 3 or image_shape[-1] != 3:
+  if len(image_shape) != 3 or image_shape[-1] != 3 or min(image_shape) < 1:
     raise InputError(f'image_shape must be (H, W, 3), got {image_shape}')
   targets = validation.check_classes(
       targets, n, validation.num_classes(apply_fn, params, image_shape), 'targets')
@@ -196,6 +203,11 @@ def class_visualization(apply_fn, params, targets, key, *, init=None,
     low, high = np.full(3, -np.inf), np.full(3, np.inf)
   else:
     low, high = clamp
+    if np.shape(low) not in ((), (3,)) or np.shape(high) not in ((), (3,)):
+      raise InputError('clamp must be True, False or a (low, high) pair of per-channel '
+                       f'bounds, got shapes {np.shape(low)} and {np.shape(high)}')
+    if np.isnan(low).any() or np.isnan(high).any() or np.any(np.asarray(low) > high):
+      raise InputError(f'clamp bounds must be numbers with low <= high, got {low}, {high}')
   per_image = lambda v: jnp.broadcast_to(jnp.asarray(v, dtype), (n,))
   return _batched(
       apply_fn, params, target=targets, key=validation.split_keys(key, n, 'key'), init=init,

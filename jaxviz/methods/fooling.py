@@ -75,6 +75,8 @@ def fooling_image(apply_fn, params, image, target, learning_rate=1.0, max_iterat
     Szegedy et al., Intriguing properties of neural networks, ICLR 2014.
   """
   objective = _check(learning_rate, max_iterations, objective)
+  validation.check_image(image)
+  validation.check_class(target, apply_fn, params, image.shape, 'target')
   result = _ascent.ascend(
       _objective(apply_fn, objective), params, image, (target,),
       optimizer=_ascent.normalized_sgd(learning_rate), num_steps=max_iterations,
