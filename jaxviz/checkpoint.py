@@ -7,10 +7,14 @@ mean/std, ...). Read with allow_pickle=False, so loading never runs code. The zi
 container's CRC32 per array catches corrupted bytes; a truncated file fails to open.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import re
+import signal
 import tempfile
+import threading
 import zipfile
 from collections.abc import Mapping
 
@@ -30,29 +34,130 @@ def sha256_file(path: str | os.PathLike) -> str:
   return h.hexdigest()
 
 
+class NonFiniteWarning(RuntimeWarning):
+  """Parameters holding NaN or inf, converted or loaded because the caller allowed it."""
+
+
+def count_nonfinite(flat: Mapping[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+  """{key: (how many values are NaN or inf, how many values)} for the arrays with any."""
+  counts = {}
+  for key, value in flat.items():
+    array = np.asarray(value)
+    if array.dtype.kind in 'fc':
+      bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+      if bad:
+        counts[key] = (bad, array.size)
+  return counts
+
+
+def describe_nonfinite(counts: Mapping[str, tuple[int, int]], limit: int = 5) -> str:
+  """'features.0.weight (2 of 1728 values), ...' for `count_nonfinite`'s result."""
+  items = [f'{key} ({bad} of {size} values)' for key, (bad, size) in counts.items()]
+  more = f' and {len(items) - limit} more' if len(items) > limit else ''
+  return ', '.join(items[:limit]) + more
+
+
+class _Terminated(BaseException):
+  """SIGTERM arrived while `atomic_write` held a temporary file."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+  """While active, SIGTERM raises _Terminated instead of ending the process at once.
+
+  Only in the main thread (the only one that runs Python signal handlers, and the only
+  one allowed to set them) and only over the default handler: a program's own handler
+  is left alone (an exception it raises unwinds through the cleanup anyway), and an
+  ignored SIGTERM stays ignored.
+  """
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
+    yield
+    return
+
+  def on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+    raise _Terminated
+
+  signal.signal(signal.SIGTERM, on_sigterm)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _is_live_process(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)  # signal 0: checks that the process exists, sends nothing
+  except (ProcessLookupError, OverflowError):
+    return False
+  except OSError:  # PermissionError: it exists, under another user
+    return True
+  return True
+
+
+def _remove_stale_temporaries(directory: str, name: str) -> None:
+  """Removes `atomic_write`'s temporaries of `name` whose writer's PID is not a live
+  process (one killed with SIGKILL, or by a power cut). A live writer's stays."""
+  if os.name != 'posix':  # os.kill(pid, 0) is a probe on POSIX only
+    return
+  pattern = re.compile(re.escape(f'.{name}.') + r'(\d+)\.[a-z0-9_]+\.tmp')
+  try:
+    entries = os.listdir(directory)
+  except OSError:
+    return
+  for entry in entries:
+    match = pattern.fullmatch(entry)
+    if match and not _is_live_process(int(match.group(1))):
+      with contextlib.suppress(OSError):  # another writer may have removed it first
+        os.remove(os.path.join(directory, entry))
+
+
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
   """Calls write_fn(file) on a temporary file beside `path`, then renames it into place.
 
-  An interrupted run leaves either the old file or none, never a half-written one.
+  An interrupted run leaves either the old file or none, never a half-written one:
+
+  - An exception in write_fn (KeyboardInterrupt included) removes the temporary.
+  - SIGTERM while writing, in the main thread with SIGTERM's default handler, is turned
+    into an exception by a temporary handler, so the temporary is removed; the previous
+    (default) handler is then restored and the signal raised again, so the process still
+    ends as SIGTERM ends it. A program's own SIGTERM handler is left in place.
+  - SIGKILL cannot be caught: the temporary, `.NAME.<pid>.<random>.tmp`, stays, and the
+    next write of the same `path` removes it once no process has that PID. A live
+    writer's temporary is never removed (on a folder shared between machines, a PID is
+    checked on this machine only).
+
+  Args:
+    path: the file to write.
+    write_fn: called with the temporary file, open for binary writing.
   """
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
+  name = os.path.basename(path)
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.',
-                             suffix='.tmp')
+  _remove_stale_temporaries(directory, name)
   try:
-    with os.fdopen(fd, 'wb') as f:
-      write_fn(f)
-      f.flush()
-      os.fsync(f.fileno())
-    umask = os.umask(0)  # mkstemp makes 0600; give the file the mode open() would
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    with _sigterm_raises():
+      tmp = None
+      try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{name}.{os.getpid()}.',
+                                   suffix='.tmp')
+        with os.fdopen(fd, 'wb') as f:
+          write_fn(f)
+          f.flush()
+          os.fsync(f.fileno())
+        umask = os.umask(0)  # mkstemp makes 0600; give the file the mode open() would
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+      except BaseException:
+        if tmp is not None and os.path.exists(tmp):
+          os.remove(tmp)
+        raise
+  except _Terminated:
+    signal.raise_signal(signal.SIGTERM)  # the default handler is back: this ends the process
+    raise SystemExit(128 + signal.SIGTERM) from None  # not reached
 
 
 def flatten(tree: Mapping, prefix: str = '') -> dict[str, np.ndarray]:

@@ -1,8 +1,12 @@
 """Images in: files, folders, .npz arrays, the bundled sample photos, and tfds datasets.
 
-Everything returns uint8 RGB (N, H, W, 3). Grayscale files are repeated over 3 channels
-and RGBA files are composited onto white, so any JPEG/PNG works; arrays passed directly to
-`jaxviz.preprocess` must already be RGB (it raises a one-line error otherwise).
+Everything returns uint8 RGB (N, H, W, 3). Image files of any mode are converted on load:
+grayscale is repeated over 3 channels, RGBA and other transparent images are composited
+onto white, 16-bit images are scaled to 8 bits (v / 257), CMYK goes through Pillow's
+conversion, and a float TIFF must hold values in [0, 1]; so any JPEG/PNG/TIFF works. An
+.npz holds arrays, which are not converted: uint8, or float in [0, 1] (never NaN or inf),
+(N, H, W, 3) RGB. Arrays passed directly to `jaxviz.preprocess` must already be RGB (it
+raises a one-line error otherwise).
 """
 
 import dataclasses
@@ -26,8 +30,23 @@ class ImageSet:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-  """Grayscale -> repeated channels; alpha -> composited onto white; palette -> RGB."""
-  if image.mode in ('RGBA', 'LA') or (image.mode == 'P' and 'transparency' in image.info):
+  """Grayscale -> repeated channels; alpha -> composited onto white; palette, CMYK, YCbCr
+  -> RGB; 16-bit (and 32-bit integer) -> 8-bit by v / 257; float -> from [0, 1]."""
+  if image.mode.startswith('I'):  # 'I;16', 'I;16B', ...: 16-bit; 'I': 32-bit integers
+    values = np.asarray(image).astype(np.float64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+      raise InputError(f'{image.mode} image with values in [{values.min():g}, '
+                       f'{values.max():g}]: expected 16-bit values, 0 to 65535')
+    return Image.fromarray(np.round(values / 257).astype(np.uint8), 'L').convert('RGB')
+  if image.mode == 'F':
+    values = np.asarray(image).astype(np.float64)
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0
+                            and values.max() <= 1):
+      raise InputError(f'float image with values in [{np.nanmin(values):g}, '
+                       f'{np.nanmax(values):g}]: expected finite values in [0, 1]')
+    return Image.fromarray(np.round(values * 255).astype(np.uint8), 'L').convert('RGB')
+  if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or (
+      image.mode == 'P' and 'transparency' in image.info):
     rgba = image.convert('RGBA')
     background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert('RGB')
@@ -54,7 +73,8 @@ def load_image(path: str, size: int | None = 224) -> np.ndarray:
       if size is not None:
         image = resize_center_crop(image, size)
       return np.asarray(image, np.uint8)
-  except (UnidentifiedImageError, OSError, SyntaxError) as e:
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+          Image.DecompressionBombError) as e:  # ValueError: a mode to_rgb cannot convert
     raise InputError(f'cannot read image {path}: {e}') from None
 
 
@@ -69,9 +89,36 @@ def load_folder(folder: str, size: int = 224) -> ImageSet:
   return ImageSet(images, tuple(os.path.splitext(f)[0] for f in files))
 
 
+def npz_images(images: np.ndarray, path: str) -> np.ndarray:
+  """(N, H, W, 3) images read from `path` as uint8: uint8 as they are, float from [0, 1].
+
+  Raises a one-line InputError for an empty batch, another dtype, and float images that
+  hold NaN or inf or values outside [0, 1] (0-255 floats are not guessed at: an image
+  whose values all lie in [0, 1] would be ambiguous), naming the images.
+  """
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise InputError(f'{path}: images has shape {images.shape}, expected (N, H, W, 3) RGB')
+  if 0 in images.shape:
+    raise InputError(f'{path}: images has shape {images.shape}: no images')
+  if images.dtype == np.uint8:
+    return images
+  if not np.issubdtype(images.dtype, np.floating):
+    raise InputError(f'{path}: images must be uint8 or float in [0, 1], got {images.dtype}')
+  flat = images.reshape(len(images), -1)
+  bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+  if bad.size:
+    raise InputError(f'{path}: image(s) {bad.tolist()} hold NaN or inf')
+  bad = np.flatnonzero((flat.min(axis=1) < 0) | (flat.max(axis=1) > 1))
+  if bad.size:
+    raise InputError(f'{path}: image(s) {bad.tolist()} have values outside [0, 1] (in '
+                     f'[{flat.min():g}, {flat.max():g}]): images must be uint8 or float in '
+                     '[0, 1] (divide 0-255 floats by 255)')
+  return np.round(images * 255).astype(np.uint8)
+
+
 def load_npz(path: str) -> ImageSet:
-  """An .npz with `images` (N, H, W, 3) RGB, uint8 or float in [0, 1], optional `labels`
-  (class names or indices) and `names`."""
+  """An .npz with `images` (N, H, W, 3) RGB, uint8 or float in [0, 1] (`npz_images`),
+  optional `labels` (class names or indices) and `names`."""
   if not os.path.isfile(path):
     raise InputError(f'file not found: {path}')
   try:
@@ -81,13 +128,7 @@ def load_npz(path: str) -> ImageSet:
     raise InputError(f'cannot read {path}: {e}') from None
   if 'images' not in arrays:
     raise InputError(f'{path} has no `images` array (it has {sorted(arrays)})')
-  images = arrays['images']
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise InputError(f'{path}: images has shape {images.shape}, expected (N, H, W, 3) RGB')
-  if images.dtype != np.uint8:
-    if not np.issubdtype(images.dtype, np.floating) or images.min() < 0 or images.max() > 1:
-      raise InputError(f'{path}: images must be uint8 or float in [0, 1]')
-    images = np.round(images * 255).astype(np.uint8)
+  images = npz_images(arrays['images'], path)
   n = len(images)
   labels = tuple(str(x) for x in arrays['labels']) if 'labels' in arrays else None
   names = (tuple(str(x) for x in arrays['names']) if 'names' in arrays

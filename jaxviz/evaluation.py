@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import metrics
+from jaxviz import metrics, validation
 from jaxviz.errors import InputError
 from jaxviz.loading import Model
 from jaxviz.methods import class_visualization, fooling_images, saliency_maps
@@ -48,6 +48,16 @@ class EvalConfig:
   sanity_images: int = 16
   stability_noise: float = 0.02
   seed: int = 0
+
+  def __post_init__(self):
+    """Every count a whole number >= 1 (classviz_classes, fooling_iterations and seed
+    >= 0), the learning rate finite and > 0, the noise finite and >= 0: else a one-line
+    InputError, before any work."""
+    for field in dataclasses.fields(self):
+      integer = field.type in ('int', int)
+      validation.check_positive(getattr(self, field.name), field.name, integer=integer,
+                                zero=field.name in ('classviz_classes', 'seed',
+                                                    'fooling_iterations', 'stability_noise'))
 
 
 def _mean_std(x) -> dict:

@@ -37,7 +37,18 @@ def _rgb_batch(images, name: str) -> np.ndarray:
     images = images[None]
   if images.ndim != 4 or images.shape[-1] != 3:
     raise InputError(f'{name} has shape {images.shape}: expected (N, H, W, 3) RGB in [0, 1]')
-  return np.clip(images, 0.0, 1.0)
+  if 0 in images.shape:
+    raise InputError(f'{name} has shape {images.shape}: nothing to draw')
+  return np.clip(_finite(images, name), 0.0, 1.0)
+
+
+def _finite(values: np.ndarray, name: str) -> np.ndarray:
+  """`values` (one entry per image along axis 0) if none holds NaN or inf: a figure
+  never draws a NaN as a blank panel."""
+  bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+  if bad.size:
+    raise InputError(f'{name} of image(s) {bad.tolist()} contain NaN or inf')
+  return values
 
 
 def _check_titles(titles: Sequence[str], n: int, name: str = 'titles') -> list[str]:
@@ -92,6 +103,7 @@ def saliency_figure(images_rgb01, maps, titles: Sequence[str], suptitle: str = '
   n = len(images)
   if maps.shape != images.shape[:3]:
     raise InputError(f'maps has shape {maps.shape}, expected {images.shape[:3]}')
+  _finite(maps, 'maps')
   titles = _check_titles(titles, n)
   panel = _panel(images)
   fig, axes = plt.subplots(2, n, figsize=(panel * n, 2 * panel + 0.6), squeeze=False,

@@ -4,6 +4,7 @@ import dataclasses
 import difflib
 import functools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from importlib import resources
 
@@ -186,15 +187,32 @@ def load_model(name: str, weights: str | None = None, *, seed: int = 0,
     mean, std = tuple(metadata['mean']), tuple(metadata['std'])
     module = models.build_abstract(name, num_classes=len(class_names))
   apply, hooked_apply, params = models.functionalize(module)
-  if weights != 'random':
-    params = fill_params(params, flat, source=path)
+  if weights != 'random':  # NaN or inf loads only from a file converted to allow it
+    params = fill_params(params, flat, source=path,
+                         nonfinite='warn' if metadata.get('allow_nonfinite') else 'error')
   if dtype is not None:
     params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
   return Model(name, apply, hooked_apply, params, class_names, mean, std, metadata)
 
 
-def fill_params(abstract: dict, flat: dict[str, np.ndarray], source: str) -> dict:
-  """Fills an abstract params tree from flat arrays, failing on any mismatch by name."""
+def fill_params(abstract: dict, flat: dict[str, np.ndarray], source: str,
+                nonfinite: str = 'error') -> dict:
+  """Fills an abstract params tree from flat arrays, failing on any mismatch by name.
+
+  Args:
+    abstract: the model's params tree (shapes and dtypes; values unused).
+    flat: {'features.0.kernel': array} for every leaf of `abstract`.
+    source: names the arrays' origin in error messages (a file path).
+    nonfinite: a parameter holding NaN or inf is 'error' (a WeightsError naming it and
+      counting its non-finite values), 'warn' (a one-line checkpoint.NonFiniteWarning:
+      for files converted with allow_nonfinite) or 'ignore' (the caller has checked).
+
+  Raises:
+    WeightsError naming the first missing, unexpected, mis-shaped, non-float or (with
+    nonfinite='error') non-finite parameter.
+  """
+  if nonfinite not in ('error', 'warn', 'ignore'):
+    raise ValueError(f"nonfinite must be 'error', 'warn' or 'ignore', not {nonfinite!r}")
   expected = checkpoint.flatten(abstract)
   missing = sorted(set(expected) - set(flat))
   extra = sorted(set(flat) - set(expected))
@@ -210,4 +228,14 @@ def fill_params(abstract: dict, flat: dict[str, np.ndarray], source: str) -> dic
                          f'the model expects {spec.shape}')
     if not np.issubdtype(flat[key].dtype, np.floating):
       raise WeightsError(f'{source}: parameter {key} has dtype {flat[key].dtype}')
+  if nonfinite != 'ignore':
+    counts = checkpoint.count_nonfinite({k: flat[k] for k in expected})
+    if counts:
+      what = f'{source}: NaN or inf in {checkpoint.describe_nonfinite(counts)}'
+      if nonfinite == 'error':
+        raise WeightsError(f'{what}; the model would output NaN. Convert a finite '
+                           'checkpoint (a file converted with --allow_nonfinite loads '
+                           'with a warning)')
+      warnings.warn(f'{what} (the file was converted with allow_nonfinite)',
+                    checkpoint.NonFiniteWarning, stacklevel=3)
   return checkpoint.unflatten({k: jnp.asarray(flat[k]) for k in expected})

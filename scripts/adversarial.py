@@ -33,16 +33,15 @@ _NUM_IMAGES = flags.DEFINE_integer('num_images', 1, 'Fool the first this many im
 @common.one_line_errors
 def main(argv):
   del argv
-  common.enable_compilation_cache()
+  common.check_flags(__name__)  # --learning_rate > 0 and finite, among others
   images = data.load_images(_COMMON.images.value, _COMMON.image_size.value)
-  model = common.resolve_model(_COMMON.model.value, _COMMON.weights.value)
-  target = model.class_index(_TARGET.value)
-  if _LEARNING_RATE.value <= 0:
-    raise jaxviz.InputError(f'--learning_rate must be positive, got {_LEARNING_RATE.value}')
   count = _NUM_IMAGES.value or len(images.names)
   if count > len(images.names):
     raise jaxviz.InputError(f'--num_images={count} but {_COMMON.images.value} has '
                             f'{len(images.names)} images')
+  common.enable_compilation_cache()
+  model = common.resolve_model(_COMMON.model.value, _COMMON.weights.value)
+  target = model.class_index(_TARGET.value)
 
   run = common.run_fooling(model, images.images[:count], target, _OBJECTIVE.value,
                            _LEARNING_RATE.value, _MAX_ITERATIONS.value)
@@ -81,4 +80,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -55,30 +55,37 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxviz  # noqa: E402
-import common  # noqa: E402,F401  (absl logging verbosity)
+import common  # noqa: E402  (one-line errors, flag checks; absl logging verbosity)
 
 _MODELS = flags.DEFINE_list('models', ['squeezenet1_1', 'vgg16'], 'Architectures.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Side of the square inputs.')
-_SALIENCY_BATCH = flags.DEFINE_integer('saliency_batch', 25, 'Images per saliency call.')
-_FOOLING_IMAGES = flags.DEFINE_integer('fooling_images', 5, 'Images per fooling call.')
-_FOOLING_STEPS = flags.DEFINE_integer('fooling_steps', 10, 'Steps per fooling image.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Side of the square inputs.',
+                                   lower_bound=16)
+_SALIENCY_BATCH = flags.DEFINE_integer('saliency_batch', 25, 'Images per saliency call.',
+                                       lower_bound=1)
+_FOOLING_IMAGES = flags.DEFINE_integer('fooling_images', 5, 'Images per fooling call.',
+                                       lower_bound=1)
+_FOOLING_STEPS = flags.DEFINE_integer('fooling_steps', 10, 'Steps per fooling image.',
+                                      lower_bound=1)
 _FOOLING_LR = flags.DEFINE_float(
     'fooling_lr', 1e-6, 'Fooling step length: small, so that no image flips early and both '
     'sides take exactly --fooling_steps steps.')
-_CLASSVIZ_STEPS = flags.DEFINE_integer('classviz_steps', 100, 'Class visualisation steps.')
+_CLASSVIZ_STEPS = flags.DEFINE_integer('classviz_steps', 100, 'Class visualisation steps.',
+                                       lower_bound=1)
 _CHUNK_SIZE = flags.DEFINE_integer(
     'chunk_size', None, "Images per loop in jaxviz's fooling and class visualisation "
-    '(default: the library default, 1 on CPU).')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median) after the warm-up.')
+    '(default: the library default, 1 on CPU).', lower_bound=1)
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median) after the warm-up.',
+                                lower_bound=1)
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '4', '16', '64'],
                                  'Batch sizes of the gradient-step throughput.')
-_GEMM_SIZE = flags.DEFINE_integer('gemm_size', 2048, 'n of the n x n x n GEMM reference.')
+_GEMM_SIZE = flags.DEFINE_integer('gemm_size', 2048, 'n of the n x n x n GEMM reference.',
+                                  lower_bound=1)
 _QUICK = flags.DEFINE_bool(
     'quick', False, 'Smoke test: 64x64 images, 1 repeat, 5 class-visualisation steps, 2 '
     'fooling images of 2 steps, batch sizes 1,4, saliency batch 4, GEMM 512, convolution '
     'profile at batch 2.')
 _THREADS = flags.DEFINE_integer('threads', None, 'torch.set_num_threads (default: '
-                                "torch's own).")
+                                "torch's own).", lower_bound=1)
 _OMP_WAIT_POLICY = flags.DEFINE_enum(
     'omp_wait_policy', None, ['ACTIVE', 'PASSIVE'], "Sets $OMP_WAIT_POLICY for torch's "
     'OpenMP threads before torch loads (default: left as it is). With other processes on '
@@ -90,7 +97,7 @@ _CPU_KERNELS = flags.DEFINE_enum(
 _CONV_PROFILE_BATCH = flags.DEFINE_integer(
     'conv_profile_batch', 0, 'If > 0: also time every convolution of the gradient step '
     'at this batch alone and sum them, against the whole step (item 5).', lower_bound=0)
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and inputs.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and inputs.', lower_bound=0)
 _OUTPUT_JSON = flags.DEFINE_string('output_json', os.path.join('outputs', 'benchmark.json'),
                                    'Where the results go (JSON).')
 
@@ -427,9 +434,19 @@ def print_tables(results: dict):
 @common.one_line_errors
 def main(argv):
   del argv
+  common.check_flags(__name__)  # --fooling_lr > 0, --batch_sizes, --output_json writable
+  unknown = sorted(set(_MODELS.value) - set(jaxviz.ARCHITECTURES))
+  if unknown:
+    raise jaxviz.InputError(f'--models: unknown {unknown}; known: '
+                            f'{", ".join(sorted(jaxviz.ARCHITECTURES))}')
   if _OMP_WAIT_POLICY.value:
     os.environ['OMP_WAIT_POLICY'] = _OMP_WAIT_POLICY.value
-  import torch
+  try:
+    import torch
+    import torchvision  # noqa: F401  (build_models)
+  except ImportError as e:
+    raise jaxviz.InputError(f'the benchmark compares against torch: pip install torch '
+                            f'torchvision (the [test] extra) ({e})') from None
   if _THREADS.value:
     torch.set_num_threads(_THREADS.value)
   quick = _QUICK.value
@@ -462,4 +479,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -48,16 +48,27 @@ _SNAPSHOT_EVERY = flags.DEFINE_integer('snapshot_every', 0, 'Also keep the image
 @common.one_line_errors
 def main(argv):
   del argv
-  common.enable_compilation_cache()
+  # Everything the method would refuse, checked before the model is loaded: the flags,
+  # then the init images.
+  common.check_flags(__name__)
+  if _SNAPSHOT_EVERY.value > _NUM_ITERATIONS.value:
+    raise jaxviz.InputError(f'--snapshot_every={_SNAPSHOT_EVERY.value} is more than '
+                            f'--num_iterations={_NUM_ITERATIONS.value}: no snapshot would '
+                            'be taken')
   if _INIT.value == 'images':
     init = data.load_images(_COMMON.images.value, _COMMON.image_size.value).images
   else:
     init = common.load_init(_INIT.value, _COMMON.image_size.value)
+  if init is not None and len(init) not in (1, len(_TARGETS.value)):
+    raise jaxviz.InputError(f'--init={_INIT.value} has {len(init)} images for '
+                            f'{len(_TARGETS.value)} targets: give 1 or one per target')
+  side = min(init.shape[1:3]) if init is not None else _COMMON.image_size.value
+  if _MAX_JITTER.value >= side:
+    raise jaxviz.InputError(f'--max_jitter={_MAX_JITTER.value} must be smaller than the '
+                            f'image ({side} pixels)')
+  common.enable_compilation_cache()
   model = common.resolve_model(_COMMON.model.value, _COMMON.weights.value)
   targets = common.class_indices(model, _TARGETS.value)
-  if init is not None and len(init) not in (1, len(targets)):
-    raise jaxviz.InputError(f'--init={_INIT.value} has {len(init)} images for '
-                            f'{len(targets)} targets: give 1 or one per target')
   hyper = dict(num_iterations=_NUM_ITERATIONS.value, learning_rate=_LEARNING_RATE.value,
                l2_reg=_L2_REG.value, blur_every=_BLUR_EVERY.value,
                blur_sigma=_BLUR_SIGMA.value, max_jitter=_MAX_JITTER.value,
@@ -105,4 +116,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -3,9 +3,11 @@
 import contextlib
 import functools
 import json
+import math
 import os
 import platform
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -33,6 +35,100 @@ def one_line_errors(main):
       sys.exit(f'error: {e}')
 
   return wrapped
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """app.run's flags_parser: absl's parsing, but a flag it cannot parse (a bound, an enum,
+  'nan' for an integer, an unknown name) is one `error: ...` line and exit status 1,
+  not absl's two lines."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {" ".join(str(e).split())} (--helpshort lists the flags)')
+
+
+# What check_flags enforces beyond absl's own parsing. Every float flag must be finite,
+# and a string or list flag that is given must not be empty (nor hold an empty item).
+# By flag name, whichever script defines it:
+FLOAT_MINIMUM = {  # the lowest value, and whether it is allowed itself
+    'learning_rate': (0.0, False), 'fooling_lr': (0.0, False), 'blur_sigma': (0.0, False),
+    'l2_reg': (0.0, True), 'input_noise': (0.0, True)}
+INTEGER_LISTS = {'batch_sizes': 1}  # list flags of integers: their smallest value
+OUTPUT_DIRS = ('output_dir',)  # folders the script writes into
+OUTPUT_FILES = ('output_json', 'output')  # files it writes
+
+
+def check_flags(module: str):
+  """Checks the flags of the script `module` (its __name__) and the shared ones defined
+  here against the table above, and that the output folders and files can be written:
+  the first thing every script's main does, before anything is loaded or compiled.
+  Raises a one-line InputError."""
+  from absl import flags
+  own = flags.FLAGS.get_flags_for_module(module) + flags.FLAGS.get_flags_for_module(__name__)
+  for flag in own:
+    name, value = flag.name, flag.value
+    if isinstance(value, float):
+      low, inclusive = FLOAT_MINIMUM.get(name, (-math.inf, True))
+      if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        kind = ('' if low == -math.inf else 'non-negative ' if inclusive else 'positive ')
+        raise jaxviz.InputError(f'--{name} must be a {kind}finite number, got {value:g}')
+    elif isinstance(value, str) and not value.strip():
+      raise jaxviz.InputError(f'--{name} is empty')
+    elif isinstance(value, list):
+      if not value:
+        raise jaxviz.InputError(f'--{name} is empty: give at least one value')
+      if not all(str(v).strip() for v in value):
+        raise jaxviz.InputError(f'--{name} has an empty item: {",".join(value)!r}')
+      smallest = INTEGER_LISTS.get(name)
+      if smallest is not None and not all(v.strip().isdigit() and int(v) >= smallest
+                                          for v in value):
+        raise jaxviz.InputError(f'--{name} must be integers >= {smallest}, got '
+                                f'{",".join(value)!r}')
+  for flag in own:
+    if flag.value is not None and flag.name in OUTPUT_DIRS:
+      check_output_dir(flag.value, f'--{flag.name}')
+    elif flag.value is not None and flag.name in OUTPUT_FILES:
+      check_output_file(flag.value, f'--{flag.name}')
+
+
+def _check_writable(folder: str, flag: str, path: str):
+  """`folder` exists and takes a new file, or can be created: a probe file is written
+  and removed in it or in its nearest existing parent, rather than trusting permission
+  bits (root ignores them; network file systems may lie). Creates nothing."""
+  existing = folder
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    where = '' if existing == os.path.abspath(path) else f': {existing}'
+    raise jaxviz.InputError(f'{flag}={path}{where} is a file, not a folder')
+  try:
+    fd, probe = tempfile.mkstemp(dir=existing, prefix='.jaxviz-write-probe.')
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise jaxviz.InputError(f'{flag}={path}: {existing} is not writable '
+                            f'({e.strerror or e})') from None
+
+
+def check_output_dir(path: str, flag: str = '--output_dir') -> str:
+  """`path` if it is a folder this process can write into or create; else a one-line
+  InputError (a file in the way, no permission, an empty name)."""
+  if not path:
+    raise jaxviz.InputError(f'{flag} is empty')
+  _check_writable(os.path.abspath(path), flag, path)
+  return path
+
+
+def check_output_file(path: str, flag: str) -> str:
+  """`path` if this process can write it: not a folder, and its folder writable or
+  creatable; else a one-line InputError."""
+  if not path:
+    raise jaxviz.InputError(f'{flag} is empty')
+  if os.path.isdir(path):
+    raise jaxviz.InputError(f'{flag}={path} is a folder, not a file')
+  _check_writable(os.path.dirname(os.path.abspath(path)), flag, path)
+  return path
 
 
 def resolve_model(name: str, weights: str | None, fallback: str = 'random') -> jaxviz.Model:

@@ -20,7 +20,7 @@ from jaxviz import data, figures
 import common
 
 _COMMON = common.define_common_flags('demo')
-_TOP = flags.DEFINE_integer('top', 3, 'How many classes to print per image.')
+_TOP = flags.DEFINE_integer('top', 3, 'How many classes to print per image.', lower_bound=1)
 _TARGET = flags.DEFINE_string('target', None, "Fooling target (default: the report's "
                               "'stingray'; 'star' on the shapes model).")
 _CLASSES = flags.DEFINE_list('classes', None, 'Classes to visualise (200 steps, course '
@@ -35,6 +35,7 @@ _DEFAULTS = {'imagenet': dict(images='samples', target='stingray',
 @common.one_line_errors
 def main(argv):
   del argv
+  common.check_flags(__name__)
   common.enable_compilation_cache()
   model = common.resolve_model(_COMMON.model.value, _COMMON.weights.value, fallback='shapes')
   defaults = _DEFAULTS['shapes' if model.name == 'shapes' else 'imagenet']
@@ -88,4 +89,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

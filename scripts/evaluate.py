@@ -6,10 +6,11 @@ randomisation sanity checks (jaxviz.evaluation).
   python scripts/evaluate.py --model=squeezenet1_1 --weights=imagenet --data=masked.npz
 
 --data is 'shapes' (held-out generated images, seed --data_seed, never trained on) or an
-.npz with `images` (N, H, W, 3) uint8, `labels` (N,) class indices or names, and `masks`
-(N, H, W) bool or `boxes` (N, 4) as x0, y0, x1, y1 pixels. Prints a table; writes the JSON
-report, the figures (saliency.png, deletion_insertion.png, sanity_cascading.png,
-sanity_independent.png, class_visualization.png) and manifest.json into --output_dir.
+.npz with `images` (N, H, W, 3) uint8 or float in [0, 1], `labels` (N,) class indices or
+names, and `masks` (N, H, W) bool or `boxes` (N, 4) as x0, y0, x1, y1 pixels; it is read
+and checked before the model loads. Prints a table; writes the JSON report, the figures
+(saliency.png, deletion_insertion.png, sanity_cascading.png, sanity_independent.png,
+class_visualization.png) and manifest.json into --output_dir.
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ import numpy as np
 from absl import app, flags
 
 import jaxviz
-from jaxviz import checkpoint, evaluation, figures, shapes
+from jaxviz import checkpoint, data, evaluation, figures, shapes
 from jaxviz.preprocess import check_images
 import common
 
@@ -30,47 +31,64 @@ _MODEL = flags.DEFINE_enum('model', 'shapes', sorted(jaxviz.models.ARCHITECTURES
 _WEIGHTS = flags.DEFINE_string('weights', None, "Default: 'trained' for shapes (trained on "
                                "first use), 'imagenet' for the others; or a weights file.")
 _DATA = flags.DEFINE_string('data', 'shapes', "'shapes' or an .npz with masks or boxes.")
-_DATA_SEED = flags.DEFINE_integer('data_seed', 1000, 'Seed of the generated evaluation images.')
+_DATA_SEED = flags.DEFINE_integer('data_seed', 1000, 'Seed of the generated evaluation images.',
+                                  lower_bound=0)
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', os.path.join('outputs', 'evaluate'),
                                   'Where the figures and manifest go.')
 _OUTPUT_JSON = flags.DEFINE_string('output_json', None,
                                    'The report (default: OUTPUT_DIR/report.json).')
 _DEFAULTS = evaluation.EvalConfig()
 _SALIENCY = flags.DEFINE_integer('saliency_images', _DEFAULTS.saliency_images, 'Images for '
-                                 'the pointing game, mask mass and deletion/insertion.')
+                                 'the pointing game, mask mass and deletion/insertion.',
+                                 lower_bound=1)
 _STEPS = flags.DEFINE_integer('deletion_steps', _DEFAULTS.deletion_steps,
-                              'Points of the deletion and insertion curves, minus one.')
-_FOOLING = flags.DEFINE_integer('fooling_images', _DEFAULTS.fooling_images, 'Images to fool.')
+                              'Points of the deletion and insertion curves, minus one.',
+                              lower_bound=1)
+_FOOLING = flags.DEFINE_integer('fooling_images', _DEFAULTS.fooling_images, 'Images to fool.',
+                                lower_bound=1)
 _CLASSVIZ = flags.DEFINE_integer('classviz_iterations', _DEFAULTS.classviz_iterations,
-                                 'Class-visualisation steps.')
+                                 'Class-visualisation steps.', lower_bound=1)
 _CLASSES = flags.DEFINE_integer('classviz_classes', _DEFAULTS.classviz_classes,
-                                'Classes to visualise (0: all).')
+                                'Classes to visualise (0: all).', lower_bound=0)
 _SANITY = flags.DEFINE_integer('sanity_images', _DEFAULTS.sanity_images,
-                               'Images for the randomisation sanity checks.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of fooling targets, jitter, re-inits.')
+                               'Images for the randomisation sanity checks.', lower_bound=1)
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of fooling targets, jitter, re-inits.',
+                             lower_bound=0)
 
 
-def load_masked(spec: str, count: int, seed: int, model: jaxviz.Model):
-  """(uint8 images, int labels, bool masks) from 'shapes' or an .npz."""
+def load_masked(spec: str, count: int, seed: int):
+  """(uint8 images, labels, bool masks) from 'shapes' or an .npz, checked without a model:
+  the labels are class indices for 'shapes', the .npz's names or indices otherwise."""
   if spec == 'shapes':
-    data = shapes.generate(count, seed)
-    return data.images, data.labels, data.masks
+    generated = shapes.generate(count, seed)
+    return generated.images, generated.labels, generated.masks
   if not spec.endswith('.npz') or not os.path.isfile(spec):
     raise jaxviz.InputError(f"--data must be 'shapes' or an existing .npz, got {spec!r}")
-  with np.load(spec, allow_pickle=False) as f:
-    arrays = {k: f[k] for k in f.files}
+  try:
+    with np.load(spec, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except (ValueError, OSError, EOFError) as e:
+    raise jaxviz.InputError(f'cannot read {spec}: {e}') from None
   for key in ('images', 'labels'):
     if key not in arrays:
       raise jaxviz.InputError(f'{spec} has no `{key}` array')
-  images = np.asarray(check_images(arrays['images'], allow_single=False))
+  images = data.npz_images(np.asarray(check_images(arrays['images'], allow_single=False)),
+                           spec)
   n, h, w = images.shape[:3]
-  labels = common.class_indices(model, list(arrays['labels']))
+  labels = np.asarray(arrays['labels'])
   if 'masks' in arrays:
-    masks = arrays['masks'].astype(bool)
+    masks = arrays['masks']
+    if masks.dtype != bool and not np.isin(masks, (0, 1)).all():
+      raise jaxviz.InputError(f'{spec}: masks must be boolean or 0/1, got {masks.dtype} '
+                              'with other values')
+    masks = masks.astype(bool)
   elif 'boxes' in arrays:
     boxes = np.asarray(arrays['boxes'], np.float64)
     if boxes.shape != (n, 4):
       raise jaxviz.InputError(f'{spec}: boxes must be ({n}, 4), got {boxes.shape}')
+    bad = np.flatnonzero(~np.isfinite(boxes).all(axis=1))
+    if bad.size:
+      raise jaxviz.InputError(f'{spec}: boxes of image(s) {bad.tolist()} hold NaN or inf')
     ys, xs = np.mgrid[:h, :w] + 0.5
     masks = ((xs >= boxes[:, 0, None, None]) & (xs <= boxes[:, 2, None, None])
              & (ys >= boxes[:, 1, None, None]) & (ys <= boxes[:, 3, None, None]))
@@ -160,15 +178,18 @@ def write_figures(model: jaxviz.Model, images, labels, masks, arrays, out: str):
 @common.one_line_errors
 def main(argv):
   del argv
-  common.enable_compilation_cache()
-  model = (jaxviz.load_model(_MODEL.value, _WEIGHTS.value) if _MODEL.value == 'shapes'
-           else common.resolve_model(_MODEL.value, _WEIGHTS.value or 'imagenet'))
+  common.check_flags(__name__)  # counts >= 1, --data, --output_dir and --output_json
   config = evaluation.EvalConfig(
       saliency_images=_SALIENCY.value, deletion_steps=_STEPS.value,
       fooling_images=_FOOLING.value, classviz_iterations=_CLASSVIZ.value,
       classviz_classes=_CLASSES.value, sanity_images=_SANITY.value, seed=_SEED.value)
   count = max(config.saliency_images, config.fooling_images, config.sanity_images)
-  images, labels, masks = load_masked(_DATA.value, count, _DATA_SEED.value, model)
+  images, labels, masks = load_masked(_DATA.value, count, _DATA_SEED.value)
+  common.enable_compilation_cache()
+  model = (jaxviz.load_model(_MODEL.value, _WEIGHTS.value) if _MODEL.value == 'shapes'
+           else common.resolve_model(_MODEL.value, _WEIGHTS.value or 'imagenet'))
+  if _DATA.value != 'shapes':
+    labels = common.class_indices(model, list(labels))
   report, arrays = evaluation.evaluate(
       model, images, labels, masks, config,
       progress=lambda text: print(f'[evaluate] {text}', file=sys.stderr, flush=True))
@@ -188,4 +209,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -301,10 +301,11 @@ class Maker:
 @common.one_line_errors
 def main(argv):
   del argv
-  common.enable_compilation_cache()
+  common.check_flags(__name__)
   unknown = sorted(set(_MODELS.value) - {'squeezenet1_1', 'vgg16'})
   if unknown:
     raise jaxviz.InputError(f'--models: the report uses squeezenet1_1 and vgg16, not {unknown}')
+  common.enable_compilation_cache()
   maker = Maker(_WEIGHTS.value, _MODELS.value, _QUICK.value, _IMAGES.value, _SEED.value,
                 _OUTPUT_DIR.value, _IMAGE_SIZE.value, _DIVISOR.value)
   start = time.perf_counter()
@@ -324,4 +325,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -28,8 +28,9 @@ _LABELS = flags.DEFINE_list(
 @common.one_line_errors
 def main(argv):
   del argv
-  common.enable_compilation_cache()
+  common.check_flags(__name__)
   images = data.load_images(_COMMON.images.value, _COMMON.image_size.value)
+  common.enable_compilation_cache()
   model = common.resolve_model(_COMMON.model.value, _COMMON.weights.value)
   n = len(images.names)
   if _LABELS.value:
@@ -64,4 +65,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

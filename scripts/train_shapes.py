@@ -29,10 +29,12 @@ _FORCE = flags.DEFINE_bool('force', False, 'Retrain even if the file exists.')
 @common.one_line_errors
 def main(argv):
   del argv
+  common.check_flags(__name__)  # --input_noise >= 0 and finite, --output writable
   path = _OUTPUT.value or training.weights_path(_SEED.value)
   if os.path.isfile(path) and not _FORCE.value:
     print(f'{path} exists (use --force to retrain)')
     return
+  common.check_output_file(path, '--output')
   params, metadata = training.train(
       training.ShapesTraining(seed=_SEED.value, steps=_STEPS.value,
                               input_noise=_NOISE.value))
@@ -42,4 +44,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -10,14 +10,19 @@ abstract Flax model:
   *.bias                                    -> *.bias
   *.num_batches_tracked                     -> dropped (a training counter)
 
-Every missing, extra or mis-shaped key is an error naming the key. Checkpoints are read
-with torch.load(weights_only=True): a .pth is a pickle, and a pickle can run code.
+Every missing, extra or mis-shaped key is an error naming the key. float16, bfloat16 and
+float64 tensors become float32; an integer, bool or complex one (other than the dropped
+counter) is an error naming the key and its dtype, and so are NaN and inf (counted per key)
+unless allow_nonfinite=True, which converts them with a warning and records it in the
+file's metadata. Checkpoints are read with torch.load(weights_only=True): a .pth is a
+pickle, and a pickle can run code.
 """
 
 import os
-import re
 import urllib.error
+import warnings
 
+import jax.numpy as jnp
 import numpy as np
 
 import jaxviz
@@ -40,28 +45,58 @@ def torch_key_to_jax(key: str, ndim: int) -> tuple[str, tuple[int, ...] | None]:
   return '.'.join(path + [_RENAMES.get(leaf, leaf)]), None
 
 
-def convert_state_dict(name: str, state_dict, class_names=None) -> dict:
+def _to_float32(key: str, value) -> np.ndarray:
+  """A float tensor or array of any precision -> a float32 numpy array."""
+  if hasattr(value, 'detach'):  # a torch tensor; torch casts, as numpy has no bfloat16
+    if not value.is_floating_point():
+      raise WeightsError(f'checkpoint key {key} has dtype '
+                         f'{str(value.dtype).removeprefix("torch.")}; a float parameter '
+                         'is expected (float16, bfloat16, float32 or float64)')
+    return value.detach().cpu().float().numpy()
+  array = np.asarray(value)
+  if not jnp.issubdtype(array.dtype, jnp.floating):
+    raise WeightsError(f'checkpoint key {key} has dtype {array.dtype}; a float parameter '
+                       'is expected (float16, bfloat16, float32 or float64)')
+  with np.errstate(over='ignore'):  # float64 beyond float32's range: inf, reported as such
+    return array.astype(np.float32)
+
+
+def convert_state_dict(name: str, state_dict, class_names=None,
+                       allow_nonfinite: bool = False) -> dict:
   """A torch state_dict (tensors or arrays) -> nested jaxviz params (numpy, float32).
 
   Args:
     name: the jaxviz architecture ('squeezenet1_1', 'vgg16', ...).
     state_dict: mapping of torch key -> tensor, as torchvision's model.state_dict().
+      Float tensors of any precision are cast to float32 (round to nearest).
     class_names: one per output class; default ImageNet's 1000.
+    allow_nonfinite: convert NaN and inf (after the cast: float64 values beyond
+      float32's range become inf) with a one-line checkpoint.NonFiniteWarning instead of
+      refusing them.
 
   Raises:
-    WeightsError naming the first key that is missing, unexpected or mis-shaped.
+    WeightsError naming the first key that is missing, unexpected, mis-shaped or not a
+    float, or every key holding NaN or inf (unless allow_nonfinite).
   """
-  flat = {}
+  flat, nonfinite = {}, {}
   for key, value in state_dict.items():
     if key.rsplit('.', 1)[-1] in _IGNORED:
       continue
-    array = value.detach().cpu().numpy() if hasattr(value, 'detach') else np.asarray(value)
+    array = _to_float32(key, value)
+    nonfinite.update(checkpoint.count_nonfinite({key: array}))
     jax_key, perm = torch_key_to_jax(key, array.ndim)
-    flat[jax_key] = np.ascontiguousarray(
-        array.transpose(perm) if perm else array).astype(np.float32)
+    flat[jax_key] = np.ascontiguousarray(array.transpose(perm) if perm else array)
   num_classes = len(class_names) if class_names is not None else 1000
   abstract = models.functionalize(models.build_abstract(name, num_classes))[2]
-  params = jaxviz.loading.fill_params(abstract, flat, source=f'{name} checkpoint')
+  params = jaxviz.loading.fill_params(abstract, flat, source=f'{name} checkpoint',
+                                      nonfinite='ignore')  # checked here, by torch key
+  if nonfinite:
+    what = f'{name} checkpoint has NaN or inf in {checkpoint.describe_nonfinite(nonfinite)}'
+    if not allow_nonfinite:
+      raise WeightsError(f'{what}; a model with it outputs NaN (pass --allow_nonfinite, '
+                         'or allow_nonfinite=True, to convert it anyway)')
+    warnings.warn(f'{what}; converted anyway (allow_nonfinite)', checkpoint.NonFiniteWarning,
+                  stacklevel=2)
   return checkpoint.unflatten({k: np.asarray(v) for k, v in checkpoint.flatten(params).items()})
 
 
@@ -121,8 +156,12 @@ def fetch_official(name: str) -> str:
 
 
 def convert(name: str, output: str, checkpoint_path: str | None = None,
-            class_names=None) -> str:
+            class_names=None, allow_nonfinite: bool = False) -> str:
   """Converts a checkpoint (or, with none, torchvision's official one) into `output`.
+
+  allow_nonfinite converts a checkpoint holding NaN or inf with a warning (see
+  `convert_state_dict`) and records it in the metadata, so that load_model loads the file
+  with a warning instead of refusing it.
 
   Returns:
     The output path. The file is written atomically and carries the model name, the
@@ -133,7 +172,8 @@ def convert(name: str, output: str, checkpoint_path: str | None = None,
     checkpoint_path = fetch_official(name)
     if class_names is None:
       class_names = list(official_weights(name).meta['categories'])
-  params = convert_state_dict(name, read_checkpoint(checkpoint_path), class_names)
+  params = convert_state_dict(name, read_checkpoint(checkpoint_path), class_names,
+                              allow_nonfinite=allow_nonfinite)
   metadata = {
       'model': name,
       'source': os.path.basename(checkpoint_path),
@@ -142,6 +182,7 @@ def convert(name: str, output: str, checkpoint_path: str | None = None,
       'mean': list(jaxviz.IMAGENET_MEAN),
       'std': list(jaxviz.IMAGENET_STD),
       'input_size': 224,
+      'allow_nonfinite': bool(allow_nonfinite),
   }
   checkpoint.save(output, params, metadata)
   return output

@@ -2,13 +2,17 @@
 
 Without --checkpoint, fetches torchvision's ImageNet weights (hash-checked, cached).
 Without --output, writes to the cache that jaxviz.load_model(NAME, 'imagenet') reads.
+A checkpoint holding NaN or inf is refused unless --allow_nonfinite. Ctrl-C leaves the
+output as it was (the file is written atomically).
 """
 
 import sys
+import warnings
 
 from absl import app, flags
 
 import jaxviz
+from jaxviz import checkpoint
 from weights_convert import convert
 
 _MODEL = flags.DEFINE_enum('model', None, sorted(jaxviz.ARCHITECTURES), 'Architecture.')
@@ -17,6 +21,9 @@ _CHECKPOINT = flags.DEFINE_string(
 _OUTPUT = flags.DEFINE_string('output', None, 'Output .npz; default: the jaxviz cache.')
 _CLASS_NAMES = flags.DEFINE_string(
     'class_names', None, 'Text file, one class name per line (default: ImageNet).')
+_ALLOW_NONFINITE = flags.DEFINE_bool(
+    'allow_nonfinite', False, 'Convert a checkpoint holding NaN or inf, with a warning, '
+    'instead of refusing it; jaxviz.load_model then loads the file with a warning too.')
 flags.mark_flag_as_required('model')
 
 
@@ -28,9 +35,19 @@ def main(argv):
     if _CLASS_NAMES.value:
       with open(_CLASS_NAMES.value) as f:
         class_names = [line.strip() for line in f if line.strip()]
-    convert(_MODEL.value, output, _CHECKPOINT.value, class_names)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always', checkpoint.NonFiniteWarning)
+      convert(_MODEL.value, output, _CHECKPOINT.value, class_names,
+              allow_nonfinite=_ALLOW_NONFINITE.value)
   except (jaxviz.JaxvizError, OSError) as e:
     sys.exit(f'error: {e}')
+  except KeyboardInterrupt:  # atomic_write has removed its temporary file
+    sys.exit('error: interrupted; nothing written')
+  for w in caught:
+    if issubclass(w.category, checkpoint.NonFiniteWarning):
+      print(f'warning: {w.message}', file=sys.stderr)
+    else:  # others (torch's, say) as Python shows them
+      warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
   print(f'wrote {output}')
 
 

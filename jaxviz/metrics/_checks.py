@@ -51,6 +51,25 @@ def check_masks(masks, shape: tuple, name: str = 'masks'):
   return arr.astype(bool)
 
 
+def check_count(value, name: str, minimum: int = 1) -> int:
+  """A whole number >= minimum (an int, or a float like 4.0; not NaN, inf or a bool)."""
+  try:
+    ok = (not isinstance(value, bool) and np.isfinite(value) and int(value) == value
+          and value >= minimum)
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise InputError(f'{name} must be a whole number >= {minimum}, got {value!r}')
+  return int(value)
+
+
+def check_finite(x, name: str):
+  """A concrete array with NaN or inf fails in one line; tracers pass unchecked."""
+  if not is_traced(x) and not np.isfinite(np.asarray(x)).all():
+    raise InputError(f'{name} contains NaN or inf')
+  return x
+
+
 def check_same_shape(a, b, names: tuple[str, str]):
   if tuple(np.shape(a)) != tuple(np.shape(b)):
     raise InputError(f'{names[0]} {tuple(np.shape(a))} and {names[1]} '

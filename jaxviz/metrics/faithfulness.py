@@ -64,6 +64,7 @@ def saliency_ranks(saliency):
   Returns:
     (N, H * W) int32 ranks.
   """
+  saliency = jnp.asarray(_checks.check_maps(saliency))
   flat = saliency.reshape(saliency.shape[0], -1)
   order = jnp.argsort(flat, axis=1, descending=True, stable=True)
   positions = jnp.broadcast_to(jnp.arange(flat.shape[1], dtype=jnp.int32), flat.shape)
@@ -116,10 +117,11 @@ def _baseline(baseline, images, name):
       return blur_baseline(images)
     raise InputError(f'{name} must be one of {BASELINES} or an array, got {baseline!r}')
   try:
-    return jnp.broadcast_to(jnp.asarray(baseline, images.dtype), images.shape)
+    baseline = jnp.broadcast_to(jnp.asarray(baseline, images.dtype), images.shape)
   except (ValueError, TypeError):
     raise InputError(f'{name} has shape {np.shape(baseline)}, which does not broadcast to '
                      f'the images {tuple(images.shape)}') from None
+  return _checks.check_finite(baseline, name)
 
 
 def deletion_insertion(apply_fn, params, images, saliency, labels, *, steps: int = 100,
@@ -165,13 +167,10 @@ def deletion_insertion(apply_fn, params, images, saliency, labels, *, steps: int
                      f'per image, {tuple(images.shape[:3])}')
   labels = validation.check_classes(
       labels, n, validation.num_classes(apply_fn, params, images.shape[1:]), 'labels')
-  if int(steps) != steps or steps < 1:
-    raise InputError(f'steps must be a positive integer, got {steps}')
-  if int(chunk_size) != chunk_size or chunk_size < 1:
-    raise InputError(f'chunk_size must be a positive integer, got {chunk_size}')
+  steps = _checks.check_count(steps, 'steps')
+  chunk_size = _checks.check_count(chunk_size, 'chunk_size')
   images = jnp.asarray(images)
   return _deletion_insertion(
       apply_fn, params, images, jnp.asarray(saliency), jnp.asarray(labels),
       _baseline(deletion_baseline, images, 'deletion_baseline'),
-      _baseline(insertion_baseline, images, 'insertion_baseline'), int(steps),
-      int(chunk_size))
+      _baseline(insertion_baseline, images, 'insertion_baseline'), steps, chunk_size)

@@ -62,9 +62,7 @@ def _checked_masks(saliency, masks):
 def _check_game_args(tolerance, ties) -> int:
   if ties not in TIES:
     raise InputError(f'ties must be one of {TIES}, got {ties!r}')
-  if int(tolerance) != tolerance or tolerance < 0:
-    raise InputError(f'tolerance must be a whole number of pixels >= 0, got {tolerance}')
-  return int(tolerance)
+  return _checks.check_count(tolerance, 'tolerance (pixels)', 0)
 
 
 def pointing_game(saliency, masks, tolerance: int = 0, ties: str = 'all'):

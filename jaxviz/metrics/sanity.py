@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxviz import validation
 from jaxviz.errors import InputError
 from jaxviz.metrics import _checks
 from jaxviz.metrics.similarity import normalize_maps, _spearman, _ssim
@@ -240,6 +241,7 @@ def _similarities(original, maps):
 
 def _randomization(saliency_fn, params, images, labels, key, layers, cascading, keep,
                    keep_maps, progress):
+  images = validation.check_batch(images)
   labels = np.asarray(labels)  # one jit signature for every stage's saliency_fn call
   if layers is None:
     layers = parameterized_layers(params, lambda p, x: saliency_fn(p, x, labels), images)

@@ -29,6 +29,10 @@ def average_ranks(x):
   Returns:
     (M,) float ranks.
   """
+  if np.ndim(x) != 1 or np.shape(x)[0] == 0:
+    raise InputError(f'average_ranks takes a non-empty 1-D array, got shape {np.shape(x)}: '
+                     'expected (M,)')
+  x = jnp.asarray(_checks.check_finite(x, 'average_ranks input'))
   m = x.shape[0]
   dtype = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
   order = jnp.argsort(x, stable=True)
@@ -98,6 +102,7 @@ def normalize_maps(maps):
   Returns:
     (N, H, W) in [0, 1].
   """
+  maps = jnp.asarray(_checks.check_maps(maps, 'maps'))
   lo = maps.min(axis=(-2, -1), keepdims=True)
   span = maps.max(axis=(-2, -1), keepdims=True) - lo
   return jnp.where(span > 0, (maps - lo) / jnp.where(span > 0, span, 1.0), 0.0)
