@@ -52,6 +52,7 @@ def test_saliency_equals_torch_float64(model64, inputs, objective):
   assert rel_err(got, expected) <= TOL64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('objective', ['score', 'cross_entropy'])
 def test_fooling_equals_torch_float64(model64, inputs, objective):
   # Targets the random-init model reaches in tens of steps (a third of its top classes
@@ -152,6 +153,7 @@ def _reachable_targets(model, images, rank=2):
   return np.argsort(-logits, axis=1)[:, rank]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('objective', ['score', 'cross_entropy'])
 def test_fooled_images_are_classified_as_the_target(model, images, objective):
   targets = _reachable_targets(model, images)
@@ -238,6 +240,7 @@ def test_same_key_same_image_bit_for_bit(model):
   assert not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_class_visualization_batch_equals_single_calls(model):
   keys = jax.random.split(jax.random.key(0), 3)
   targets = [76, 1, 945]
@@ -282,6 +285,7 @@ def _counting(apply_fn):
   return counted, traces
 
 
+@pytest.mark.slow
 def test_methods_compile_once(model, images):
   counted, traces = _counting(model.apply)
   calls = [
@@ -469,6 +473,7 @@ def test_fooling_whole_batch_loop_stops_each_image(model, images):
       assert int(capped.iterations[j]) == cap - 1 and not bool(capped.fooled[j])
 
 
+@pytest.mark.slow
 def test_chunked_methods_equal_all_at_once(model, images):
   labels = np.array([7, 8, 9])
   whole = jaxviz.saliency_maps(model.apply, model.params, images, labels)
@@ -484,6 +489,7 @@ def test_chunked_methods_equal_all_at_once(model, images):
   assert rel_err(viz[1], viz[0]) <= 1e-4 and rel_err(viz[2], viz[0]) <= 1e-4
 
 
+@pytest.mark.slow
 def test_progress_fills_once_over_chunks(model):
   for chunk in (1, 2):
     steps = []
@@ -529,6 +535,7 @@ def test_model_cpu_kernels_follow_the_architecture_and_dtype(model):
                          [1], cpu_kernels='auto')
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU kernels')
 def test_cpu_kernels_compile_apart_and_agree_to_round_off(model, images):
   # Wrapping the apply function changes nothing: the kernels are what the call asks for.
@@ -618,6 +625,7 @@ def _noisy(method, sigma, samples=2):
   return wrapped
 
 
+@pytest.mark.slow
 def test_wrappers_compose_over_any_attribution(model, images):
   from jaxviz.methods import gradient, gradient_x_input
   labels = [1, 2, 3]
