@@ -38,14 +38,17 @@ def check_classes(classes, n: int, count: int, what: str) -> np.ndarray | jax.Ar
 def check_batch(images):
   """(N, H, W, 3) normalised float images, N >= 1."""
   images = check_images(images, allow_single=False)
-  if not isinstance(images, jax.core.Tracer) and not np.issubdtype(
-      np.asarray(images).dtype, np.floating):
+  if isinstance(images, jax.core.Tracer):
+    return images
+  # A device array is checked where it lives: only one flag per image comes back.
+  xp = jnp if isinstance(images, jax.Array) else np
+  images = images if isinstance(images, jax.Array) else np.asarray(images)
+  if not jnp.issubdtype(images.dtype, jnp.floating):
     raise InputError(f'images must be normalised floats (use model.preprocess), '
-                     f'got {np.asarray(images).dtype}')
-  if not isinstance(images, jax.core.Tracer):
-    finite = np.isfinite(np.asarray(images)).reshape(len(images), -1).all(axis=1)
-    if not finite.all():
-      raise InputError(f'image(s) {np.flatnonzero(~finite).tolist()} contain NaN or inf')
+                     f'got {images.dtype}')
+  finite = np.asarray(xp.isfinite(images).reshape(len(images), -1).all(axis=1))
+  if not finite.all():
+    raise InputError(f'image(s) {np.flatnonzero(~finite).tolist()} contain NaN or inf')
   return images
 
 
