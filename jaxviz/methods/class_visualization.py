@@ -41,7 +41,9 @@ def _norm(x):
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
-def _check_options(num_iterations, blur_every, blur_sigma, max_jitter, snapshot_every):
+def _check_options(image_shape, num_iterations, blur_every, blur_sigma, max_jitter,
+                   snapshot_every, learning_rate, l2_reg):
+  """One-line InputErrors for the loop's hyperparameters (traced values pass)."""
   validation.check_positive(num_iterations, 'num_iterations', integer=True)
   for name, value in (('blur_every', blur_every), ('max_jitter', max_jitter),
                       ('snapshot_every', snapshot_every)):
@@ -51,6 +53,11 @@ def _check_options(num_iterations, blur_every, blur_sigma, max_jitter, snapshot_
   if snapshot_every > num_iterations:
     raise InputError(f'snapshot_every {snapshot_every} is more than num_iterations '
                      f'{num_iterations}: no snapshot would be taken')
+  if max_jitter >= min(image_shape[:2]):
+    raise InputError(f'max_jitter {max_jitter} must be smaller than the image '
+                     f'({image_shape[0]}x{image_shape[1]})')
+  validation.check_positive(learning_rate, 'learning_rate')
+  validation.check_positive(l2_reg, 'l2_reg', zero=True)
 
 
 def class_visualization_one(apply_fn, params, target, key, init, learning_rate, l2_reg,
@@ -65,14 +72,10 @@ def class_visualization_one(apply_fn, params, target, key, init, learning_rate, 
     (final image, (probability, objective) traces, each (T,), snapshots (S, H, W, 3) or
     None).
   """
-  _check_options(num_iterations, blur_every, blur_sigma, max_jitter, snapshot_every)
   validation.check_image(init, 'init')
+  _check_options(init.shape, num_iterations, blur_every, blur_sigma, max_jitter,
+                 snapshot_every, learning_rate, l2_reg)
   validation.check_class(target, apply_fn, params, init.shape, 'target')
-  validation.check_positive(learning_rate, 'learning_rate')
-  validation.check_positive(l2_reg, 'l2_reg', zero=True)
-  if max_jitter >= min(init.shape[:2]):
-    raise InputError(f'max_jitter {max_jitter} must be smaller than the image '
-                     f'({init.shape[0]}x{init.shape[1]})')
 
   def objective(params, x, target, l2_reg):
     logits = apply_fn(params, x[None])[0]
@@ -191,12 +194,8 @@ def class_visualization(apply_fn, params, targets, key, *, init=None,
     raise InputError(f'image_shape must be (H, W, 3), got {image_shape}')
   targets = validation.check_classes(
       targets, n, validation.num_classes(apply_fn, params, image_shape), 'targets')
-  _check_options(num_iterations, blur_every, blur_sigma, max_jitter, snapshot_every)
-  if max_jitter >= min(image_shape[:2]):
-    raise InputError(f'max_jitter {max_jitter} must be smaller than the image '
-                     f'({image_shape[0]}x{image_shape[1]})')
-  validation.check_positive(learning_rate, 'learning_rate')
-  validation.check_positive(l2_reg, 'l2_reg', zero=True)
+  _check_options(image_shape, num_iterations, blur_every, blur_sigma, max_jitter,
+                 snapshot_every, learning_rate, l2_reg)
   if clamp is True:
     low, high = valid_range()
   elif clamp is False or clamp is None:
