@@ -63,8 +63,9 @@ class Model:
   @property
   def cpu_kernels(self) -> str:
     """XLA:CPU's convolution kernels measured fastest for this model: pass it to a
-    method's `cpu_kernels=`. 'eigen' for float32 SqueezeNet 1.0/1.1 and the shapes model,
-    'xla' (XLA's default) otherwise, float64 included (docs/performance.md)."""
+    method's `cpu_kernels=`. 'eigen' for float32 SqueezeNet 1.0/1.1, ResNet-18/50 and the
+    shapes model, 'xla' (XLA's default) otherwise, float64 included
+    (docs/performance.md)."""
     dtype = jax.tree.leaves(self.params)[0].dtype
     return _xla_cpu.preferred_kernels(self.name, dtype)
 
@@ -127,8 +128,9 @@ def load_model(name: str, weights: str | None = None, *, seed: int = 0,
   """Loads an architecture with weights.
 
   Args:
-    name: 'squeezenet1_1', 'vgg16', ... (jaxviz.models.ARCHITECTURES), or 'shapes', the
-      small model jaxviz trains itself on synthetic shapes (jaxviz.training).
+    name: 'squeezenet1_1', 'vgg16', 'alexnet', 'resnet50', ...
+      (jaxviz.models.ARCHITECTURES), or 'shapes', the small model jaxviz trains itself on
+      synthetic shapes (jaxviz.training).
     weights: a path to a file written by `python -m weights_convert` (or by
       jaxviz.checkpoint.save), 'imagenet' for the cached converted ImageNet weights,
       'trained' for the cached shapes model, 'random' for seeded torchvision-style init,

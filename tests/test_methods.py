@@ -72,6 +72,15 @@ def test_fooling_equals_torch_float64(model64, inputs, objective):
   assert expected_it == 15  # the capped case really was capped
 
 
+def _drawn_jitters(key, max_jitter: int, num_iterations: int) -> list[tuple[int, int]]:
+  """The jitter class_visualization draws at each step for one target from `key` (key
+  derivation as in _class_visualization), for the torch reference to replay."""
+  steps_key = jax.random.split(jax.random.split(key, 1)[0])[1]
+  return [tuple(int(v) for v in jax.random.randint(
+      jax.random.fold_in(steps_key, t), (2,), 0, max_jitter + 1))
+          for t in range(num_iterations)]
+
+
 @pytest.mark.parametrize('max_jitter', [0, 16])
 def test_class_visualization_equals_torch_float64(model64, inputs, max_jitter):
   num_iterations, blur_every, target = 25, 4, 76
@@ -83,11 +92,7 @@ def test_class_visualization_equals_torch_float64(model64, inputs, max_jitter):
         model64.apply, model64.params, [target], key, init=init,
         num_iterations=num_iterations, blur_every=blur_every, max_jitter=max_jitter,
         dtype=jnp.float64)
-    # The jitter the method drew at each step (key derivation as in _class_visualization).
-    steps_key = jax.random.split(jax.random.split(key, 1)[0])[1]
-    jitters = [tuple(int(v) for v in jax.random.randint(
-        jax.random.fold_in(steps_key, t), (2,), 0, max_jitter + 1))
-               for t in range(num_iterations)] if max_jitter else None
+    jitters = _drawn_jitters(key, max_jitter, num_iterations) if max_jitter else None
   expected = torch_course.create_class_visualization(
       torch_model(NAME, SEED), target, _nchw(init), num_iterations=num_iterations,
       blur_every=blur_every, max_jitter=max_jitter, jitters=jitters, low=low, high=high)
@@ -95,6 +100,45 @@ def test_class_visualization_equals_torch_float64(model64, inputs, max_jitter):
     assert len(set(jitters)) > 5  # the jitter is really on
   assert rel_err(got.images, to_nhwc(expected)) <= TOL64
   assert rel_err(got.images, init) > 1e-2  # and the image really moved
+
+
+@pytest.mark.slow  # 20-35 s each on two cores, most of it compiling float64 programs
+@pytest.mark.parametrize('name', ['alexnet', 'resnet18'])
+def test_course_methods_equal_torch_float64_on_more_architectures(name, weights_dir):
+  """Saliency, fooling and class visualisation on AlexNet and a ResNet, as on SqueezeNet
+  above: convolutions without bias, batch norm, a padded max-pool and residual adds go
+  through the same loop rewrites (jaxviz/_xla_cpu). ResNet-50 differs from ResNet-18 only
+  in its blocks, which test_models certifies. Few steps at 80 px; the tolerance is
+  TOL64's."""
+  size, steps = 80, 6
+  x = np.random.default_rng(1).standard_normal((2, size, size, 3))
+  tm = torch_model(name, 0)
+  with torch.no_grad():
+    labels = tm(_nchw(x)).argmax(1).numpy()
+  with jax.enable_x64(True):
+    model = jaxviz.load_model(name, converted_weights(name, 0, weights_dir),
+                              dtype=jnp.float64)
+    maps = jaxviz.saliency_maps(model.apply, model.params, jnp.asarray(x), labels)
+    fooled = jaxviz.fooling_images(model.apply, model.params, jnp.asarray(x[:1]), [150],
+                                   max_iterations=steps, learning_rate=0.2)
+    key, low, high = jax.random.key(5), *jaxviz.valid_range()
+    init = np.clip(x[1:] * 0.5, low, high)
+    viz = jaxviz.class_visualization(model.apply, model.params, [76], key, init=init,
+                                     num_iterations=steps, blur_every=2, max_jitter=8,
+                                     dtype=jnp.float64)
+    jitters = _drawn_jitters(key, 8, steps)
+  expected = torch_course.saliency(tm, _nchw(x), torch.tensor(labels)).numpy()
+  assert np.abs(expected).max() > 0
+  assert rel_err(maps, expected) <= TOL64
+  expected, expected_it = torch_course.make_fooling_image(tm, _nchw(x[:1]), 150, 0.2, steps)
+  assert int(fooled.iterations[0]) == expected_it
+  assert rel_err(fooled.images[0], to_nhwc(expected)[0]) <= TOL64
+  assert rel_err(fooled.images[0], x[0]) > 1e-3  # the image moved
+  expected = torch_course.create_class_visualization(
+      tm, 76, _nchw(init), num_iterations=steps, blur_every=2, max_jitter=8,
+      jitters=jitters, low=low, high=high)
+  assert rel_err(viz.images, to_nhwc(expected)) <= TOL64
+  assert rel_err(viz.images, init) > 1e-2
 
 
 def test_blur_equals_scipy():
@@ -530,6 +574,8 @@ def test_model_cpu_kernels_follow_the_architecture_and_dtype(model):
   import dataclasses
   vgg = dataclasses.replace(model, name='vgg16')  # (its params are not looked at)
   assert vgg.cpu_kernels == 'xla'  # batched VGG16 is slower on Eigen
+  assert dataclasses.replace(model, name='resnet50').cpu_kernels == 'eigen'
+  assert dataclasses.replace(model, name='alexnet').cpu_kernels == 'xla'  # batch 4: 0.41x
   with pytest.raises(InputError, match="cpu_kernels must be None, 'xla' or 'eigen'"):
     jaxviz.saliency_maps(model.apply, model.params, np.zeros((1, 32, 32, 3), np.float32),
                          [1], cpu_kernels='auto')

@@ -17,17 +17,19 @@ import jaxviz
 from conftest import rel_err
 from jaxviz import models
 
-# Standard; odd (SqueezeNet's ceil-mode pools add a window, VGG's floor-mode pools drop a
-# row); odd and non-square (VGG's 6x9 feature map makes the adaptive 7x7 pool repeat rows
-# and average overlapping columns).
+# Standard; odd (SqueezeNet's ceil-mode pools add a window, VGG's and AlexNet's floor-mode
+# pools drop a row); odd and non-square (VGG's 6x9 feature map makes the adaptive 7x7 pool
+# repeat rows and average overlapping columns; AlexNet's 5x8 does the same to its 6x6).
 SIZES = [(224, 224), (227, 227), (193, 291)]
 # SqueezeNets are cheap: two seeds, every size. A float64 VGG case costs ~30 s on 2 cores:
 # VGG16 at 224 and at 193x291 (odd and non-square at once); the extras, which share VGG16's
-# code but for batch norm and depth, at 193x291.
+# code but for batch norm and depth, at 193x291. AlexNet and ResNet-50 at 224 and
+# 193x291; ResNet-18, which shares ResNet-50's code but for the basic block, at 193x291.
 CASES = ([(n, s, hw) for n in ('squeezenet1_1', 'squeezenet1_0') for s in (0, 1)
           for hw in SIZES]
-         + [('vgg16', 0, (224, 224))]
-         + [(n, 0, (193, 291)) for n in ('vgg16', 'vgg16_bn', 'vgg19')])
+         + [(n, 0, (224, 224)) for n in ('vgg16', 'alexnet', 'resnet50')]
+         + [(n, 0, (193, 291))
+            for n in ('vgg16', 'vgg16_bn', 'vgg19', 'alexnet', 'resnet50', 'resnet18')])
 BATCH = 2
 
 
@@ -120,28 +122,73 @@ def test_parameter_count_equals_torchvision(name):
     assert count == 1_235_496
   if name == 'vgg16':
     assert count == 138_357_544
+  if name == 'alexnet':
+    assert count == 61_100_840
+  if name == 'resnet50':
+    assert count == 25_557_032
 
 
-def test_intermediates_equal_torch_activations(weights_dir):
-  torch = _torch()
-  from torch_helpers import converted_weights, to_nhwc, torch_model
-  name, layers = 'squeezenet1_1', {'features.2': None, 'features.3.squeeze_activation': None,
-                                   'features.12': None, 'classifier.1': None}
-  tm = torch_model(name, 0)
-  handles = []
-  for layer in layers:
-    module = tm.get_submodule(layer)
-    handles.append(module.register_forward_hook(
-        lambda m, i, o, layer=layer: layers.__setitem__(layer, to_nhwc(o))))
-  x = np.random.default_rng(0).standard_normal((1, 227, 227, 3))
-  tm(torch.tensor(x.transpose(0, 3, 1, 2)))
-  for h in handles:
-    h.remove()
+def _torch_outputs(model, x):
+  """Every module's outputs in one torch forward pass: {module name: [NHWC output of each
+  call]}. Copied as the hook fires: an in-place ReLU or shortcut add rewrites it later."""
+  import torch
+  from torch_helpers import to_nhwc
+  outputs, handles = {}, []
+  for name, module in model.named_modules():
+    if name:
+      handles.append(module.register_forward_hook(
+          lambda m, i, o, name=name: outputs.setdefault(name, []).append(
+              to_nhwc(o) if o.ndim == 4 else o.detach().numpy().copy())))
+  try:
+    with torch.no_grad():
+      model(torch.tensor(x.transpose(0, 3, 1, 2)))
+  finally:
+    for h in handles:
+      h.remove()
+  return outputs
+
+
+def _torch_call(name: str) -> tuple[str, int]:
+  """The torch module and call that a jaxviz layer name reads: a ResNet block calls its
+  one ReLU module after bn1 and bn2 ('layer1.0.relu1', 'layer1.0.relu2') and, last,
+  after the shortcut ('layer1.0.relu'; jaxviz/models/resnet.py); every other name is
+  its module's only call."""
+  parent, _, leaf = name.rpartition('.')
+  if leaf in ('relu1', 'relu2'):
+    return f'{parent}.relu', int(leaf[-1]) - 1
+  return name, -1
+
+
+# Making a random-init float64 torch model of 60M+ parameters and converting it costs
+# 10-15 s on two cores: those are slow (test_matches_torch, in the same file and process,
+# makes them anyway).
+@pytest.mark.parametrize('name', [
+    pytest.param(n, marks=pytest.mark.slow) if n.startswith(('vgg', 'alexnet')) else n
+    for n in sorted(models.ARCHITECTURES)])
+def test_every_layer_equals_torch_forward_hook(name, weights_dir):
+  """Each name of Model.layer_names reads what torch's forward hook on that module sees,
+  and every torch module's output has a name. Small, odd and non-square input (67x83:
+  ceil-mode and floor-mode pools, padded pools, adaptive pools that repeat cells)."""
+  _torch()
+  from torch_helpers import converted_weights, torch_model
+  x = np.random.default_rng(0).standard_normal((1, 67, 83, 3))
+  outputs = _torch_outputs(torch_model(name, 0), x)
   with jax.enable_x64(True):
     model = jaxviz.load_model(name, converted_weights(name, 0, weights_dir), dtype=jnp.float64)
-    _, acts = model.intermediates(model.params, jnp.asarray(x), list(layers))
-  for layer, expected in layers.items():
-    assert rel_err(acts[layer], expected) <= 1e-9, layer  # float64, as test_matches_torch
+    _, acts = jax.jit(model.intermediates, static_argnums=2)(
+        model.params, jnp.asarray(x), model.layer_names)
+  read = set()
+  for layer in model.layer_names:
+    module, call = _torch_call(layer)
+    calls = outputs[module]
+    assert call != -1 or len(calls) == 1 or layer.endswith('.relu'), (layer, len(calls))
+    expected = calls[call]
+    assert acts[layer].shape == expected.shape, layer
+    # float64, as test_matches_torch; a layer that is all zero compares absolutely.
+    assert rel_err(acts[layer], expected) <= 1e-9, layer
+    read.add(module)
+  assert read == set(outputs)  # no torch module's output is out of reach
+  assert len(model.layer_names) == len(set(model.layer_names))
 
 
 def test_hooks_rewrite_a_layer():
@@ -151,6 +198,19 @@ def test_hooks_rewrite_a_layer():
   zeroed = jax.jit(lambda p, x: model.hooked_apply(p, x, {'classifier.1': jnp.zeros_like}))
   np.testing.assert_array_equal(zeroed(model.params, x), 0.0)
   assert np.abs(jax.jit(model.apply)(model.params, x)).max() > 0
+
+
+def test_resnet_hooks_rewrite_blocks_and_their_last_relu():
+  model = jaxviz.load_model('resnet18', 'random')
+  x = jnp.ones((1, 64, 64, 3))
+  bias = model.params['fc']['bias']
+  for layer in ('layer4', 'layer4.1', 'layer4.1.relu'):
+    # The last stage zeroed: the global pool gives 0 and the logits are fc's bias.
+    zeroed = jax.jit(lambda p, x: model.hooked_apply(p, x, {layer: jnp.zeros_like}))
+    np.testing.assert_array_equal(zeroed(model.params, x)[0], bias)
+  # relu1 is inside the block: zeroing it leaves the shortcut, so the logits stay alive.
+  inner = jax.jit(lambda p, x: model.hooked_apply(p, x, {'layer4.1.relu1': jnp.zeros_like}))
+  assert np.abs(inner(model.params, x)[0] - bias).max() > 0
 
 
 def test_unknown_layer_name_is_a_clear_error():

@@ -99,6 +99,12 @@ def runs(tmp_path_factory, inputs):
              f'--init={inputs["npz"]}', f'--output_dir={out / "class_visualization"}')
   runs.start('too_many_labels', 'saliency', *common, f'--images={inputs["npz"]}',
              '--labels=tabby,gorilla,tarantula')
+  # Every architecture goes through the same scripts; one run each for the newest two.
+  runs.start('saliency_resnet50', 'saliency', *common, '--model=resnet50',
+             f'--images={inputs["npz"]}', f'--output_dir={out / "saliency_resnet50"}')
+  runs.start('adversarial_alexnet', 'adversarial', *common, '--model=alexnet',
+             f'--images={inputs["npz"]}', '--max_iterations=2',
+             f'--output_dir={out / "adversarial_alexnet"}')
   runs.out = out
   yield runs
   runs.stop()
@@ -170,6 +176,21 @@ def test_adversarial_records_a_consistent_perturbation(runs, inputs):
   assert manifest['flags']['max_iterations'] == 3 and manifest['flags']['seed'] == 0
   assert manifest['flags']['objective'] == 'cross_entropy'
   assert 'image0:' in result.stdout and 'image1:' in result.stdout  # a line per image
+
+
+def test_scripts_take_resnet50_and_alexnet(runs):
+  _ok(runs, 'saliency_resnet50')
+  folder = runs.out / 'saliency_resnet50'
+  with np.load(folder / 'results.npz') as r:
+    assert r['maps'].shape == (2, 64, 64) and np.isfinite(r['maps']).all()
+    assert r['maps'].max() > 0
+  assert _manifest(folder)['weights']['model'] == 'resnet50'
+  _ok(runs, 'adversarial_alexnet')
+  folder = runs.out / 'adversarial_alexnet'
+  with np.load(folder / 'results.npz') as r:
+    assert ((0 <= r['iterations']) & (r['iterations'] <= 2)).all()
+    assert np.abs(r['fooled'] - r['original']).max() > 0  # a step was taken
+  assert _manifest(folder)['weights']['model'] == 'alexnet'
 
 
 def test_class_visualization_from_images_with_adam_and_snapshots(runs):

@@ -4,6 +4,7 @@ Converting needs torch (the [test] extra): those tests, and the ones on a conver
 import it themselves and skip without it; the checkpoint-only tests run anywhere.
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -72,7 +73,14 @@ def test_load_from_imagenet_cache(squeezenet_pth, tmp_path, monkeypatch):
   assert jaxviz.load_model('squeezenet1_1', 'imagenet').metadata['model'] == 'squeezenet1_1'
 
 
-def test_download_without_network_is_one_line(monkeypatch, tmp_path):
+@pytest.mark.parametrize('name,version,url', [
+    ('squeezenet1_1', None, 'https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth'),
+    ('alexnet', None, 'https://download.pytorch.org/models/alexnet-owt-7be5be79.pth'),
+    ('resnet50', None, 'https://download.pytorch.org/models/resnet50-11ad3fa6.pth'),
+    ('resnet50', 'IMAGENET1K_V1',
+     'https://download.pytorch.org/models/resnet50-0676ba61.pth'),
+])
+def test_download_without_network_is_one_line(monkeypatch, tmp_path, name, version, url):
   torch = _torch()
   monkeypatch.setenv('TORCH_HOME', str(tmp_path))
   calls = []
@@ -83,14 +91,51 @@ def test_download_without_network_is_one_line(monkeypatch, tmp_path):
 
   monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
   with pytest.raises(WeightsError) as e:
-    weights_convert.convert('squeezenet1_1', str(tmp_path / 'out.npz'))
+    weights_convert.convert(name, str(tmp_path / 'out.npz'), torchvision_weights=version)
   message = str(e.value)
   assert '\n' not in message and 'network is unreachable' in message
   assert '--checkpoint=FILE.pth' in message
-  # torchvision's URL carries the sha256 prefix that torch.hub checks the download against.
-  assert calls == [('https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth',
-                    'b8a52dc0')]
+  # torchvision's URL carries the sha256 prefix that torch.hub checks the download against
+  # (resnet50's default is the V2 weights).
+  assert calls == [(url, url.rsplit('-', 1)[1].split('.')[0])]
   assert not os.path.exists(tmp_path / 'out.npz')
+
+
+def test_unknown_torchvision_weights_are_named():
+  _torch()
+  with pytest.raises(WeightsError, match="no 'IMAGENET1K_V3' weights for resnet50; it has "
+                     'IMAGENET1K_V1, IMAGENET1K_V2'):
+    weights_convert.official_weights('resnet50', 'IMAGENET1K_V3')
+
+
+class _FakeWeights:
+  """Stands for a torchvision weights enum member whose file's sha256 starts `prefix`."""
+
+  def __init__(self, prefix):
+    self.url = f'https://download.pytorch.org/models/sq-{prefix}.pth'
+    self.meta = {'categories': [f'class {i}' for i in range(1000)]}
+    self.transforms = functools.partial(object, crop_size=224, resize_size=232)
+
+  def __str__(self):
+    return 'SqueezeNet1_1_Weights.FAKE'
+
+
+def test_a_local_checkpoint_is_checked_against_the_named_weights(squeezenet_pth, tmp_path,
+                                                                  monkeypatch):
+  pth = squeezenet_pth[0]
+  sha = checkpoint.sha256_file(pth)
+  fakes = {'RIGHT': _FakeWeights(sha[:8]), 'WRONG': _FakeWeights('00000000')}
+  monkeypatch.setattr(weights_convert, 'official_weights', lambda name, v: fakes[v])
+  out = str(tmp_path / 'sq.npz')
+  with pytest.raises(WeightsError, match=r"is not torchvision's SqueezeNet1_1_Weights\.FAKE "
+                     r'\(sha256 [0-9a-f]{12}\.\.\., sq-00000000\.pth expects 00000000'):
+    weights_convert.convert('squeezenet1_1', out, pth, torchvision_weights='WRONG')
+  assert not os.path.exists(out)
+  weights_convert.convert('squeezenet1_1', out, pth, torchvision_weights='RIGHT')
+  meta = jaxviz.load_model('squeezenet1_1', out).metadata
+  assert meta['torchvision_weights'] == 'SqueezeNet1_1_Weights.FAKE'
+  assert (meta['input_size'], meta['resize_size']) == (224, 232)
+  assert meta['class_names'][999] == 'class 999'  # the named weights' categories
 
 
 def test_official_weights_carry_class_names_offline():

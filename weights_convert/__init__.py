@@ -122,28 +122,47 @@ def read_checkpoint(path: str) -> dict:
   return obj
 
 
-def official_weights(name: str):
-  """torchvision's default ImageNet weights enum for an architecture (no network)."""
+def official_weights(name: str, version: str | None = None):
+  """torchvision's ImageNet weights for an architecture (an enum member; no network).
+
+  Args:
+    name: the architecture ('resnet50').
+    version: the member's name ('IMAGENET1K_V1', 'IMAGENET1K_V2'); None: torchvision's
+      DEFAULT (for resnet50, IMAGENET1K_V2).
+  """
   import torchvision
   try:
-    return torchvision.models.get_model_weights(name).DEFAULT
+    weights = torchvision.models.get_model_weights(name)
   except (ValueError, KeyError):
     raise WeightsError(f'torchvision has no pretrained weights for {name!r}') from None
+  if version is None:
+    return weights.DEFAULT
+  try:
+    return weights[version]
+  except KeyError:
+    raise WeightsError(f'torchvision has no {version!r} weights for {name}; it has '
+                       f'{", ".join(w.name for w in weights)}') from None
 
 
-def fetch_official(name: str) -> str:
-  """Downloads torchvision's ImageNet checkpoint through torch.hub, hash-checked and
-  cached (in $TORCH_HOME), and returns the local path. Needs the network once."""
+def _hash_prefix(url: str) -> str | None:
+  """The sha256 prefix torchvision puts in a checkpoint's file name ('b8a52dc0')."""
   import torch
-  url = official_weights(name).url
+  match = torch.hub.HASH_REGEX.search(os.path.basename(url))
+  return match.group(1) if match else None
+
+
+def fetch_official(name: str, version: str | None = None) -> str:
+  """Downloads torchvision's ImageNet checkpoint (`official_weights(name, version)`)
+  through torch.hub, hash-checked and cached (in $TORCH_HOME), and returns the local
+  path. Needs the network once."""
+  import torch
+  url = official_weights(name, version).url
   path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
   if os.path.isfile(path):
     return path
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  match = torch.hub.HASH_REGEX.search(os.path.basename(url))
   try:  # torch.hub writes to a temporary file and checks the sha256 prefix before moving
-    torch.hub.download_url_to_file(url, path, hash_prefix=match.group(1) if match else None,
-                                   progress=True)
+    torch.hub.download_url_to_file(url, path, hash_prefix=_hash_prefix(url), progress=True)
   except (urllib.error.URLError, OSError, TimeoutError) as e:
     reason = getattr(e, 'reason', e)
     raise WeightsError(
@@ -156,33 +175,57 @@ def fetch_official(name: str) -> str:
 
 
 def convert(name: str, output: str, checkpoint_path: str | None = None,
-            class_names=None, allow_nonfinite: bool = False) -> str:
+            class_names=None, allow_nonfinite: bool = False,
+            torchvision_weights: str | None = None) -> str:
   """Converts a checkpoint (or, with none, torchvision's official one) into `output`.
 
   allow_nonfinite converts a checkpoint holding NaN or inf with a warning (see
   `convert_state_dict`) and records it in the metadata, so that load_model loads the file
   with a warning instead of refusing it.
 
+  torchvision_weights names torchvision's weights ('IMAGENET1K_V1'; default its DEFAULT):
+  without a checkpoint_path, those are downloaded; with one, the file must be those
+  weights (the sha256 prefix in torchvision's file name is checked). Either way their
+  class names and evaluation crop are recorded.
+
   Returns:
     The output path. The file is written atomically and carries the model name, the
     source file and its sha256, class names and the normalisation constants.
   """
   models.architecture(name)
+  official = None
+  if checkpoint_path is None or torchvision_weights is not None:
+    official = official_weights(name, torchvision_weights)
   if checkpoint_path is None:
-    checkpoint_path = fetch_official(name)
+    checkpoint_path = fetch_official(name, torchvision_weights)
+  elif not os.path.isfile(checkpoint_path):
+    raise WeightsError(f'checkpoint not found: {checkpoint_path}')
+  sha256 = checkpoint.sha256_file(checkpoint_path)
+  if official is not None:
+    prefix = _hash_prefix(official.url)
+    if prefix and not sha256.startswith(prefix):
+      raise WeightsError(f'{checkpoint_path} is not torchvision\'s {official} (sha256 '
+                         f'{sha256[:12]}..., {os.path.basename(official.url)} expects '
+                         f'{prefix}...)')
     if class_names is None:
-      class_names = list(official_weights(name).meta['categories'])
+      class_names = list(official.meta['categories'])
   params = convert_state_dict(name, read_checkpoint(checkpoint_path), class_names,
                               allow_nonfinite=allow_nonfinite)
   metadata = {
       'model': name,
       'source': os.path.basename(checkpoint_path),
-      'source_sha256': checkpoint.sha256_file(checkpoint_path),
+      'source_sha256': sha256,
       'class_names': list(class_names or jaxviz.imagenet_class_names()),
       'mean': list(jaxviz.IMAGENET_MEAN),
       'std': list(jaxviz.IMAGENET_STD),
       'input_size': 224,
       'allow_nonfinite': bool(allow_nonfinite),
   }
+  if official is not None:
+    # torchvision's evaluation preprocessing: resize the shorter side, centre-crop.
+    transforms = getattr(official.transforms, 'keywords', {})
+    metadata.update(torchvision_weights=str(official),
+                    input_size=int(transforms.get('crop_size', 224)),
+                    resize_size=int(transforms.get('resize_size', 256)))
   checkpoint.save(output, params, metadata)
   return output

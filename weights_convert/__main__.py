@@ -1,6 +1,8 @@
 """python -m weights_convert --model=NAME [--checkpoint=FILE.pth] [--output=PATH]
+    [--torchvision_weights=IMAGENET1K_V1]
 
-Without --checkpoint, fetches torchvision's ImageNet weights (hash-checked, cached).
+Without --checkpoint, fetches torchvision's ImageNet weights (hash-checked, cached): its
+default ones, or those --torchvision_weights names.
 Without --output, writes to the cache that jaxviz.load_model(NAME, 'imagenet') reads.
 A checkpoint holding NaN or inf is refused unless --allow_nonfinite. Ctrl-C leaves the
 output as it was (the file is written atomically).
@@ -24,6 +26,10 @@ _CLASS_NAMES = flags.DEFINE_string(
 _ALLOW_NONFINITE = flags.DEFINE_bool(
     'allow_nonfinite', False, 'Convert a checkpoint holding NaN or inf, with a warning, '
     'instead of refusing it; jaxviz.load_model then loads the file with a warning too.')
+_TORCHVISION_WEIGHTS = flags.DEFINE_string(
+    'torchvision_weights', None, "torchvision's weights to download, by name "
+    '(IMAGENET1K_V1, IMAGENET1K_V2; default: its DEFAULT, e.g. V2 for resnet50). With '
+    '--checkpoint: check that the file is those weights (its sha256 prefix).')
 flags.mark_flag_as_required('model')
 
 
@@ -38,7 +44,8 @@ def main(argv):
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter('always', checkpoint.NonFiniteWarning)
       convert(_MODEL.value, output, _CHECKPOINT.value, class_names,
-              allow_nonfinite=_ALLOW_NONFINITE.value)
+              allow_nonfinite=_ALLOW_NONFINITE.value,
+              torchvision_weights=_TORCHVISION_WEIGHTS.value)
   except (jaxviz.JaxvizError, OSError) as e:
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:  # atomic_write has removed its temporary file

@@ -6,8 +6,9 @@ none of them belongs in a method's mathematics:
 - **Convolution kernels** (`KERNELS`, `jit_variants`, `preferred_kernels`). XLA:CPU hands
   convolutions to its YNNPACK fusions by default ('xla'). The compile option
   `xla_cpu_experimental_ynn_fusion_type=''` leaves them to XLA's Eigen kernels ('eigen'),
-  which run SqueezeNet-sized layers' input gradients faster, and batched VGG16's and
-  every float64 program slower (docs/performance.md). The choice is per compiled
+  which run SqueezeNet-sized layers' (and the ResNets') input gradients faster, and
+  batched VGG16's and AlexNet's and every float64 program slower (docs/performance.md).
+  The choice is per compiled
   program and an explicit setting: the methods take `cpu_kernels=` ('xla' by default),
   and `Model.cpu_kernels` is the choice measured fastest for a loaded model.
 - **Canonical convolutions in loop bodies** (`canonical`): XLA:CPU puts convolutions into
@@ -26,7 +27,8 @@ from jaxviz.errors import InputError
 KERNELS = ('xla', 'eigen')
 EIGEN_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 # float32 programs of these architectures measured faster on Eigen's kernels.
-EIGEN_ARCHITECTURES = frozenset({'squeezenet1_0', 'squeezenet1_1', 'shapes'})
+EIGEN_ARCHITECTURES = frozenset({'squeezenet1_0', 'squeezenet1_1', 'shapes', 'resnet18',
+                                 'resnet50'})
 
 
 def preferred_kernels(architecture: str, dtype) -> str:

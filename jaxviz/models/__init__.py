@@ -7,6 +7,8 @@ import jax
 from flax import nnx
 
 from jaxviz.errors import InputError
+from jaxviz.models.alexnet import AlexNet
+from jaxviz.models.resnet import ResNet
 from jaxviz.models.shapesnet import ShapesNet
 from jaxviz.models.squeezenet import SqueezeNet
 from jaxviz.models.vgg import VGG
@@ -17,6 +19,9 @@ ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {
     'vgg16': functools.partial(VGG, 'vgg16', False),
     'vgg16_bn': functools.partial(VGG, 'vgg16', True),
     'vgg19': functools.partial(VGG, 'vgg19', False),
+    'alexnet': AlexNet,
+    'resnet18': functools.partial(ResNet, 'resnet18'),
+    'resnet50': functools.partial(ResNet, 'resnet50'),
 }
 # Models jaxviz trains itself (jaxviz.training), with their class counts.
 SELF_TRAINED: dict[str, Callable[..., nnx.Module]] = {'shapes': ShapesNet}

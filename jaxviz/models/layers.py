@@ -38,11 +38,11 @@ class Dropout(nnx.Module):
 class MaxPool2d(nnx.Module):
   channelwise = True  # acts on each channel alone: see run_sequential
 
-  def __init__(self, kernel: int, stride: int, ceil_mode: bool = False):
-    self.kernel, self.stride, self.ceil_mode = kernel, stride, ceil_mode
+  def __init__(self, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False):
+    self.kernel, self.stride, self.padding, self.ceil_mode = kernel, stride, padding, ceil_mode
 
   def __call__(self, x):
-    return ops.max_pool2d(x, self.kernel, self.stride, ceil_mode=self.ceil_mode)
+    return ops.max_pool2d(x, self.kernel, self.stride, self.padding, self.ceil_mode)
 
 
 class AdaptiveAvgPool2d(nnx.Module):
@@ -55,11 +55,38 @@ class AdaptiveAvgPool2d(nnx.Module):
 
 
 def conv(cin: int, cout: int, kernel: int, *, stride: int = 1, padding: int = 0,
-         kernel_init, rngs: nnx.Rngs) -> nnx.Conv:
-  """A torch-like Conv2d: explicit padding (nnx.Conv defaults to 'SAME'), zero bias."""
+         kernel_init, bias_init=nnx.initializers.zeros, bias: bool = True,
+         rngs: nnx.Rngs) -> nnx.Conv:
+  """A torch-like Conv2d: explicit padding (nnx.Conv defaults to 'SAME'); zero bias unless
+  `bias_init` says otherwise, none with bias=False (ResNet's convolutions before BN)."""
   return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride),
-                  padding=((padding, padding), (padding, padding)),
-                  kernel_init=kernel_init, bias_init=nnx.initializers.zeros, rngs=rngs)
+                  padding=((padding, padding), (padding, padding)), use_bias=bias,
+                  kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
+
+
+# torch's default init of Conv2d and Linear weights, kaiming_uniform_(a=sqrt(5)):
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)), i.e. variance 1/(3 fan_in).
+TORCH_DEFAULT_KERNEL_INIT = nnx.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+def torch_default_bias_init(fan_in: int):
+  """torch's default bias init of Conv2d and Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / fan_in ** 0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype,
+                                                                   -bound, bound)
+
+
+def batch_norm(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  """torch's BatchNorm2d in eval mode (running statistics, eps 1e-5)."""
+  return nnx.BatchNorm(channels, use_running_average=True, epsilon=1e-5, rngs=rngs)
+
+
+def chain(x, steps, prefix: str, hooks: Hooks | None):
+  """Applies (name, fn) steps in order, offering each output to the hooks as PREFIX.name
+  (plain `name` when prefix is empty): the straight-line part of a torch forward()."""
+  for name, fn in steps:
+    x = hook(hooks, f'{prefix}.{name}' if prefix else name, fn(x))
+  return x
 
 
 def run_sequential(layers, x, prefix: str, hooks: Hooks | None):
@@ -92,3 +119,14 @@ def run_sequential(layers, x, prefix: str, hooks: Hooks | None):
     x = hook(hooks, name, x)
     i += 1
   return x
+
+
+class FeaturesPoolClassifier(nnx.Module):
+  """torchvision's `features -> avgpool -> flatten -> classifier` layout (AlexNet, VGG):
+  subclasses set the three; torch flattens in (C, H, W) order."""
+
+  def __call__(self, x, hooks: Hooks | None = None):
+    x = hook(hooks, 'features', run_sequential(self.features, x, 'features', hooks))
+    x = hook(hooks, 'avgpool', self.avgpool(x))
+    x = run_sequential(self.classifier, ops.flatten_nchw(x), 'classifier', hooks)
+    return hook(hooks, 'classifier', x)

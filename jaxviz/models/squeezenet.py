@@ -66,6 +66,7 @@ class SqueezeNet(nnx.Module):
     ])
 
   def __call__(self, x, hooks: L.Hooks | None = None):
-    x = L.run_sequential(self.features, x, 'features', hooks)
-    x = L.run_sequential(self.classifier, x, 'classifier', hooks)
+    x = L.hook(hooks, 'features', L.run_sequential(self.features, x, 'features', hooks))
+    x = L.hook(hooks, 'classifier',
+               L.run_sequential(self.classifier, x, 'classifier', hooks))
     return x.reshape(x.shape[0], -1)

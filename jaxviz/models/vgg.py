@@ -8,7 +8,6 @@ batch norm uses its running statistics (eps 1e-5, as torch).
 
 from flax import nnx
 
-from jaxviz import ops
 from jaxviz.models import layers as L
 
 CONFIGS = {
@@ -25,7 +24,7 @@ _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 _LINEAR_INIT = nnx.initializers.normal(0.01)
 
 
-class VGG(nnx.Module):
+class VGG(L.FeaturesPoolClassifier):
   """NHWC VGG returning logits; parameter paths mirror torchvision's keys."""
 
   def __init__(self, config: str = 'vgg16', batch_norm: bool = False,
@@ -37,8 +36,7 @@ class VGG(nnx.Module):
         continue
       features.append(L.conv(cin, v, 3, padding=1, kernel_init=_CONV_INIT, rngs=rngs))
       if batch_norm:
-        features.append(nnx.BatchNorm(v, use_running_average=True, epsilon=1e-5,
-                                      rngs=rngs))
+        features.append(L.batch_norm(v, rngs))
       features.append(L.ReLU())
       cin = v
     self.features = nnx.List(features)
@@ -50,8 +48,3 @@ class VGG(nnx.Module):
         linear(4096, 4096), L.ReLU(), L.Dropout(),
         linear(4096, num_classes),
     ])
-
-  def __call__(self, x, hooks: L.Hooks | None = None):
-    x = L.run_sequential(self.features, x, 'features', hooks)
-    x = L.hook(hooks, 'avgpool', self.avgpool(x))
-    return L.run_sequential(self.classifier, ops.flatten_nchw(x), 'classifier', hooks)
