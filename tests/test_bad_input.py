@@ -819,7 +819,7 @@ SCRIPT_CASES = {
                                         '--input_noise=-0.1'),
     'benchmark --repeats=0': ('benchmark', ['--repeats=0'], '--repeats=0'),
     'benchmark --batch_sizes=4,0': ('benchmark', ['--batch_sizes=4,0'], '--batch_sizes'),
-    'benchmark --models=resnet50': ('benchmark', ['--models=resnet50'], 'resnet50'),
+    'benchmark --models=resnet9': ('benchmark', ['--models=resnet9'], 'resnet9'),
     # Output folders and files that cannot be written.
     'saliency --output_dir is a file': ('saliency', ['--output_dir={file}'],
                                         'is a file, not a folder'),
