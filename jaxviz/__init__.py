@@ -11,7 +11,12 @@ from jaxviz.loading import Model, imagenet_class_names, load_model
 from jaxviz.models import ARCHITECTURES
 from jaxviz.preprocess import (IMAGENET_MEAN, IMAGENET_STD, deprocess, preprocess,
                                valid_range)
-from jaxviz.methods import (ClassVisualization, FoolingResult, attribute,
-                            class_visualization, fooling_images, saliency_maps)
+from jaxviz.ops import upsample
+from jaxviz.methods import (ClassVisualization, FoolingResult, IntegratedGradients,
+                            Occlusion, attribute, attribution_maps, class_visualization,
+                            deconvnet, fooling_images, grad_cam, guided_backprop,
+                            guided_grad_cam, integrated_gradients, layer_gradient,
+                            occlusion, saliency_maps, smoothgrad)
+from jaxviz.methods import methods as attribution_methods
 from jaxviz import parallel
 from jaxviz._xla_cpu import compiler_options

@@ -56,6 +56,10 @@ class Model:
   std: tuple[float, float, float]
   metadata: dict
 
+  def __call__(self, params, images):
+    """`apply(params, images)`: a Model is usable wherever an apply_fn is."""
+    return self.apply(params, images)
+
   @property
   def num_classes(self) -> int:
     return len(self.class_names)

@@ -166,3 +166,41 @@ def gaussian_blur(image, sigma: float, truncate: float = 4.0):
     image = sum(jnp.asarray(w, image.dtype) * jax.lax.slice_in_dim(padded, j, j + size, axis=axis)
                 for j, w in enumerate(kernel))
   return image
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix(size: int, out: int) -> np.ndarray:
+  """(out, size) matrix of torch's bilinear resize along one axis (align_corners=False).
+
+  Output sample i reads the input at (i + 0.5) * size / out - 0.5 (half-pixel centres),
+  clamped at 0 below, and mixes its two neighbours linearly; the last input repeats past
+  the end.
+  """
+  m = np.zeros((out, size), np.float64)
+  src = np.maximum((np.arange(out) + 0.5) * size / out - 0.5, 0.0)
+  low = np.minimum(np.floor(src).astype(int), size - 1)
+  high = np.minimum(low + 1, size - 1)
+  frac = src - low
+  np.add.at(m, (np.arange(out), low), 1.0 - frac)
+  np.add.at(m, (np.arange(out), high), frac)
+  return m
+
+
+def upsample(maps, size: tuple[int, int]):
+  """Bilinear resize of (N, h, w) maps to (N, H, W), as torch's
+  `F.interpolate(mode='bilinear', align_corners=False)` (half-pixel centres).
+
+  Two small matrix products (exact adjoint under grad); Grad-CAM's maps go to the image's
+  resolution this way.
+  """
+  maps = jnp.asarray(maps)
+  if maps.ndim != 3:
+    raise InputError(f'maps must be (N, h, w), got shape {maps.shape}')
+  (h, w), (oh, ow) = maps.shape[1:], tuple(int(s) for s in size)
+  if min(oh, ow) < 1:
+    raise InputError(f'size must be positive, got {size}')
+  if (h, w) == (oh, ow):
+    return maps
+  mh = jnp.asarray(bilinear_matrix(h, oh), maps.dtype)
+  mw = jnp.asarray(bilinear_matrix(w, ow), maps.dtype)
+  return jnp.einsum('oh,nhw,pw->nop', mh, maps, mw)

@@ -91,7 +91,8 @@ def gradient(apply_fn, params, image, label, key=None, *, objective: str = 'scor
   return objective_grad(apply_fn, params, image, label, check_objective(objective))[0]
 
 
-def _resolve(method) -> Callable:
+def resolve(method) -> Callable:
+  """A registered method by name, or a per-example function as it is."""
   if isinstance(method, str):
     if method not in _METHODS:
       raise InputError(f'unknown attribution method {method!r}; registered: '
@@ -105,7 +106,8 @@ def _resolve(method) -> Callable:
 
 def _attribute_one(apply_fn, params, image, label, key, *, method, reduce, method_options):
   attributed = method(apply_fn, params, image, label, key, **dict(method_options))
-  return attributed if reduce is None else REDUCTIONS[reduce](attributed)
+  # A layer method's map (Grad-CAM, occlusion) is 2-D already: nothing to reduce.
+  return attributed if reduce is None or attributed.ndim == 2 else REDUCTIONS[reduce](attributed)
 
 
 _batched = BatchedMethod(_attribute_one, batched=('image', 'label', 'key'))
@@ -129,7 +131,8 @@ def attribute(method, apply_fn, params, images, labels, *, key=None,
     key: a PRNG key, split into one per image (or N keys); None: jax.random.key(0).
       Only stochastic methods use it; the same key gives the same maps.
     reduce: 'max_abs', 'sum_abs' or 'l2' for (N, H, W) maps, None for the signed
-      attributions themselves.
+      attributions themselves. Methods whose attribution is a 2-D map already
+      (Grad-CAM at its layer's resolution, occlusion) return it as it is.
     chunk_size: attribute at most this many images at a time per device (bounds memory;
       None: all at once). See `jaxviz.parallel.map_chunks`.
     devices: split the batch over these devices: None for every local device, a list of
@@ -139,7 +142,7 @@ def attribute(method, apply_fn, params, images, labels, *, key=None,
       Ignored off CPU.
     **options: the method's own keyword arguments (e.g. objective='cross_entropy').
   """
-  fn = _resolve(method)
+  fn = resolve(method)
   images = validation.check_batch(images)
   n = images.shape[0]
   labels = validation.check_classes(
@@ -157,3 +160,24 @@ def attribute(method, apply_fn, params, images, labels, *, key=None,
                   chunk_size=chunk_size, devices=devices, cpu_kernels=cpu_kernels,
                   options={'method': fn, 'reduce': reduce,
                            'method_options': method_options})
+
+
+def attribution_maps(model, method, images, labels, *, params=None, key=None,
+                     reduce: str = 'max_abs', chunk_size: int | None = None,
+                     devices: parallel.Devices = None, **options):
+  """Any method's (N, H, W) maps at the images' resolution, for figures and metrics.
+
+  `attribute` with the model's own kernels, pixel attributions reduced by `reduce`, and
+  layer maps (Grad-CAM) upsampled bilinearly to the image (`jaxviz.upsample`).
+
+  Args:
+    model: a `jaxviz.Model`.
+    method, images, labels, key, reduce, chunk_size, devices, **options: as `attribute`.
+    params: parameters to use instead of `model.params` (e.g. randomised layers).
+  """
+  from jaxviz import ops
+  maps = attribute(method, model, model.params if params is None else params, images,
+                   labels, key=key, reduce=validation.check_choice(
+                       reduce, tuple(REDUCTIONS), 'reduce'), chunk_size=chunk_size,
+                   devices=devices, cpu_kernels=model.cpu_kernels, **options)
+  return ops.upsample(maps, np.shape(images)[1:3])
