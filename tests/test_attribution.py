@@ -380,3 +380,40 @@ def test_bad_input_is_a_one_line_error(model, images, call, match):
   with pytest.raises(InputError, match=match) as info:
     call(model, images)
   assert '\n' not in str(info.value)
+
+
+_EVERY_METHOD = {
+    'guided_backprop': lambda m, x: jaxviz.guided_backprop(m, m.params, x, 1),
+    'deconvnet': lambda m, x: jaxviz.deconvnet(m, m.params, x, 1),
+    'grad_cam': lambda m, x: jaxviz.grad_cam(m, m.params, x, 1),
+    'guided_grad_cam': lambda m, x: jaxviz.guided_grad_cam(m, m.params, x, 1),
+    'occlusion': lambda m, x: jaxviz.occlusion(m, m.params, x, 1),
+    'smoothgrad': lambda m, x: jaxviz.smoothgrad(m, m.params, x, 1, samples=2),
+    'integrated_gradients': lambda m, x: jaxviz.integrated_gradients(m, m.params, x, 1),
+    'layer_gradient': lambda m, x: jaxviz.layer_gradient(m, m.params, x, layer='features.4',
+                                                         channels=1),
+    'attribution_maps': lambda m, x: jaxviz.attribution_maps(m, 'grad_cam', x, 1),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_EVERY_METHOD))
+@pytest.mark.parametrize('bad,match', [
+    (lambda x: jnp.concatenate([x, x[..., :1]], -1), 'RGBA'),
+    (lambda x: x[..., :1], 'grayscale'),
+    (lambda x: x[0], r'\(N, H, W, 3\)'),
+    (lambda x: x.at[1, 3, 3, 0].set(jnp.nan), 'NaN'),
+])
+def test_every_method_refuses_bad_images_in_one_line(model, images, name, bad, match):
+  with pytest.raises(InputError, match=match) as info:
+    _EVERY_METHOD[name](model, bad(images))
+  assert '\n' not in str(info.value)
+
+
+def test_a_zero_gradient_gives_zero_maps_not_nan(model, images):
+  """A model whose logits do not depend on the image (all weights zero): every method's
+  map is all zero and finite (none of them divides by the gradient's size)."""
+  params = jax.tree.map(jnp.zeros_like, model.params)
+  for name in jaxviz.attribution_methods():
+    maps = jaxviz.attribution_maps(model, name, images[:1], 1, params=params,
+                                   **_OPTIONS.get(name, {}))
+    assert np.isfinite(maps).all() and (np.asarray(maps) == 0).all(), name
