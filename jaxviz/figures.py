@@ -395,3 +395,293 @@ def deletion_insertion_figure(fractions, deletion, insertion, suptitle: str = ''
   axes[0].set_ylabel('probability of the label')
   _suptitle(fig, suptitle, fontsize=10)
   return fig
+
+
+# Attribution maps and occlusion ---------------------------------------------------------
+
+
+def _normalised_map(values: np.ndarray, percentile: float) -> np.ndarray:
+  """A map's positive part over its `percentile`-th percentile, clipped to [0, 1] (PAIR
+  saliency's and captum's display scaling: a few extreme pixels would otherwise leave
+  the rest black). A map whose percentile is 0 but that is not all zero (a very sparse
+  map) is scaled by its maximum instead; an all-zero map stays zero."""
+  values = np.maximum(np.asarray(values, np.float64), 0.0)
+  top = float(np.percentile(values, percentile))
+  if top <= 0:
+    top = float(values.max())
+  return np.clip(values / top, 0.0, 1.0) if top > 0 else np.zeros_like(values)
+
+
+def _check_percentile(percentile: float) -> float:
+  if not (np.isfinite(percentile) and 0 < percentile <= 100):
+    raise InputError(f'percentile must be in (0, 100], got {percentile!r}')
+  return float(percentile)
+
+
+def _colormap(cmap: str):
+  try:
+    return matplotlib.colormaps[cmap]
+  except KeyError:
+    raise InputError(f'unknown colormap {cmap!r}') from None
+
+
+def overlay(image_rgb01, map, *, cmap: str = 'jet', alpha: float = 0.5,
+            percentile: float = 99.0) -> np.ndarray:
+  """An attribution map colour-mapped and alpha-blended over its image.
+
+  The map's positive part is clipped at its `percentile`-th percentile and scaled to
+  [0, 1] (as PAIR saliency and captum display maps), colour-mapped with `cmap`, and
+  blended: (1 - alpha) * image + alpha * colour. Negative values (an occlusion that
+  raised the score) count as zero.
+
+  Args:
+    image_rgb01: (H, W, 3) RGB in [0, 1].
+    map: (H, W) attribution map at the image's resolution (`jaxviz.attribution_maps`).
+    cmap: a matplotlib colormap name.
+    alpha: the map's weight in [0, 1].
+    percentile: in (0, 100]; 100 scales by the maximum.
+
+  Returns:
+    (H, W, 3) float32 RGB in [0, 1].
+  """
+  image = _rgb_batch(image_rgb01, 'image_rgb01')
+  if len(image) != 1:
+    raise InputError(f'image_rgb01 has shape {np.shape(image_rgb01)}: expected one '
+                     '(H, W, 3) image')
+  values = np.asarray(map, np.float32)
+  if values.shape != image.shape[1:3]:
+    raise InputError(f'map has shape {values.shape}, expected {image.shape[1:3]} (the '
+                     'image\'s height and width)')
+  _finite(values[None], 'map')
+  if not (np.isfinite(alpha) and 0 <= alpha <= 1):
+    raise InputError(f'alpha must be in [0, 1], got {alpha!r}')
+  colour = _colormap(cmap)(_normalised_map(values, _check_percentile(percentile)))[..., :3]
+  return ((1 - alpha) * image[0] + alpha * colour).astype(np.float32)
+
+
+_overlay = overlay  # attribution_grid_figure's `overlay` argument hides the function
+
+
+def _method_heading(name: str) -> str:
+  return textwrap.fill(name.replace('_', ' '), 12)
+
+
+def _all_zero_note(ax):
+  ax.text(0.5, 0.5, 'all zero', transform=ax.transAxes, ha='center', va='center',
+          fontsize=7, color='white', bbox=dict(facecolor='black', alpha=0.6, pad=1.5,
+                                               linewidth=0))
+
+
+def attribution_grid_figure(images_rgb01, maps_by_method: dict, titles: Sequence[str],
+                            suptitle: str = '', overlay: bool = True,
+                            percentile: float = 99.0) -> plt.Figure:
+  """Attribution methods side by side: one row per image, the image then one column per
+  method (headed by the method's name).
+
+  Each map is clipped at its own `percentile`-th percentile and scaled to [0, 1]
+  (`overlay`), then drawn over its image with the 'jet' colormap or, with overlay=False,
+  alone in grey (white: the most attributed pixels).
+
+  Args:
+    images_rgb01: (N, H, W, 3) RGB in [0, 1].
+    maps_by_method: {method name: (N, H, W) maps}, in column order
+      (`jaxviz.attribution_maps`).
+    titles: one per image (its name and the class explained), above the image column.
+    suptitle: figure title.
+    overlay: draw the maps over the images (True) or in grey (False).
+    percentile: the clipping percentile of every map.
+
+  Returns:
+    A Figure of N rows x (1 + methods) columns.
+  """
+  images = _rgb_batch(images_rgb01, 'images_rgb01')
+  n = len(images)
+  if not maps_by_method:
+    raise InputError('maps_by_method is empty: pass {method name: (N, H, W) maps}')
+  maps = {}
+  for name, values in maps_by_method.items():
+    values = np.asarray(values, np.float32)
+    if values.shape != images.shape[:3]:
+      raise InputError(f'maps_by_method[{name!r}] has shape {values.shape}, expected '
+                       f'{images.shape[:3]}')
+    maps[str(name)] = _finite(values, f'maps_by_method[{name!r}]')
+  titles = _check_titles(titles, n)
+  percentile = _check_percentile(percentile)
+  cols = 1 + len(maps)
+  # One screen pixel per image pixel at most; within 13 inches across and ~110 square
+  # inches in all (8 images x 10 columns stay under ~0.5 MB); 1.1 in at least.
+  panel = float(np.clip(min(images.shape[1] / DPI, 13.0 / cols, np.sqrt(110.0 / (n * cols))),
+                        1.1, 2.4))
+  height = panel * n + 0.45 + (0.25 * n if n > 1 else 0) + (0.4 if suptitle else 0)
+  fig, axes = plt.subplots(n, cols, figsize=(panel * cols, height), squeeze=False,
+                           layout='constrained')
+  # Small images magnified: crisp pixels (smoothing them only blurs and bloats the PNG).
+  interpolation = 'nearest' if images.shape[1] < panel * DPI else 'antialiased'
+  for i in range(n):
+    _image_axis(axes[i, 0], images[i], interpolation=interpolation)
+    axes[i, 0].set_title(titles[i], fontsize=8)
+    for j, (name, values) in enumerate(maps.items(), start=1):
+      ax = axes[i, j]
+      if overlay:
+        _image_axis(ax, _overlay(images[i], values[i], percentile=percentile),
+                    interpolation=interpolation)
+      else:
+        _image_axis(ax, _normalised_map(values[i], percentile), cmap='gray', vmin=0.0,
+                    vmax=1.0, interpolation=interpolation)
+      if i == 0:
+        ax.set_title(_method_heading(name), fontsize=8)
+      if not values[i].any():
+        _all_zero_note(ax)
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig
+
+
+def _field(result, name: str):
+  value = result.get(name) if isinstance(result, dict) else getattr(result, name, None)
+  if value is None:
+    raise InputError(f'occlusion result has no {name!r}: pass one image of a '
+                     'jaxviz.Occlusion (e.g. jax.tree.map(lambda a: a[i], result))')
+  return np.asarray(value)
+
+
+def _grid_extent(starts_r, starts_c, window: int, stride: int):
+  """imshow extent that puts each cell of a (gh, gw) window-position map at its window's
+  centre in image pixels, so the map lines up with the image."""
+  half = stride / 2
+  return (starts_c[0] + window / 2 - half, starts_c[-1] + window / 2 + half,
+          starts_r[-1] + window / 2 + half, starts_r[0] + window / 2 - half)
+
+
+def occlusion_figure(image_rgb01, occlusion_result, class_names: Sequence[str],
+                     label: int, window: int, stride: int, suptitle: str = '',
+                     top_classes: int = 6) -> plt.Figure:
+  """Zeiler & Fergus's occlusion panels (Fig. 7) for one image, in one row.
+
+  Panels: the image with the occluder drawn where it lowers the score most (Fig. 7a);
+  the label's probability by occluder position (7d); the score drop f(x) - f(occluded)
+  by position (positive: the square hid evidence for the label), on a diverging scale;
+  the most probable class by position (7e), the `top_classes` most frequent ones
+  coloured and named in a legend, the rest grey; and the per-pixel attribution (mean
+  score drop of the windows covering each pixel) over the image (`overlay`). The
+  position maps are drawn in image coordinates, each cell at its window's centre.
+
+  Args:
+    image_rgb01: (H, W, 3) RGB in [0, 1].
+    occlusion_result: one image of a `jaxviz.Occlusion` (or a dict of its fields):
+      probability, score_drop, predicted (gh, gw) and attribution (H, W).
+    class_names: the model's class names (indexed by `predicted` and `label`).
+    label: the class explained (an index).
+    window, stride: the occluder's side and step in pixels (as passed to occlusion).
+    suptitle: figure title.
+    top_classes: classes named in the legend of the predicted-class map.
+
+  Returns:
+    A Figure of 5 panels.
+
+  References:
+    Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014,
+    sec. 4.2 and Fig. 7.
+  """
+  from matplotlib import colors, patches
+  image = _rgb_batch(image_rgb01, 'image_rgb01')
+  if len(image) != 1:
+    raise InputError(f'image_rgb01 has shape {np.shape(image_rgb01)}: expected one '
+                     '(H, W, 3) image')
+  image = image[0]
+  h, w = image.shape[:2]
+  probability = _field(occlusion_result, 'probability').astype(np.float64)
+  drop = _field(occlusion_result, 'score_drop').astype(np.float64)
+  predicted = _field(occlusion_result, 'predicted')
+  if not np.issubdtype(predicted.dtype, np.integer):
+    raise InputError(f'occlusion predicted has dtype {predicted.dtype}: expected class '
+                     'indices')
+  attribution = _field(occlusion_result, 'attribution').astype(np.float32)
+  window, stride = int(window), int(stride)
+  if window < 1 or stride < 1 or window > min(h, w):
+    raise InputError(f'window {window} and stride {stride} must be >= 1, the window no '
+                     f'larger than the image ({h}x{w})')
+  grid = ((h - window) // stride + 1, (w - window) // stride + 1)
+  for name, values in (('probability', probability), ('score_drop', drop),
+                       ('predicted', predicted)):
+    if values.shape != grid:
+      raise InputError(f'occlusion {name} has shape {values.shape}; a {window}-px window '
+                       f'with stride {stride} on {h}x{w} gives {grid}')
+  if attribution.shape != (h, w):
+    raise InputError(f'occlusion attribution has shape {attribution.shape}, expected '
+                     f'{(h, w)}')
+  _finite(np.stack([probability, drop])[None], 'occlusion maps')
+  class_names = list(class_names)
+  label = int(label)
+  if not 0 <= label < len(class_names) or not (
+      (0 <= predicted) & (predicted < len(class_names))).all():
+    raise InputError(f'label {label} or a predicted class is not an index into '
+                     f'{len(class_names)} class names')
+  short = lambda k: textwrap.shorten(class_names[k], 22, placeholder='...')
+  rows, cols = np.arange(grid[0]) * stride, np.arange(grid[1]) * stride
+  extent = _grid_extent(rows, cols, window, stride)
+
+  classes, counts = np.unique(predicted, return_counts=True)
+  order = np.argsort(-counts, kind='stable')
+  top = classes[order[:top_classes]]
+  legend_rows = len(top) + (len(classes) > len(top))
+  panel = 2.5
+  fig, axes = plt.subplots(1, 5, figsize=(5 * panel + 0.9, panel + 0.55 + 0.13 * legend_rows
+                                          + (0.35 if suptitle else 0)), layout='constrained')
+
+  def position_map(ax, values, title, **kwargs):
+    shown = ax.imshow(values, extent=extent, interpolation='nearest', **kwargs)
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    return shown
+
+  # The occluder where it lowers the label's score most.
+  r, c = np.unravel_index(int(np.argmax(drop)), grid)
+  _image_axis(axes[0], image)
+  axes[0].set_title(f'occluder {window} px, stride {stride}\n(shown at the largest score '
+                    'drop)', fontsize=8)
+  axes[0].add_patch(patches.Rectangle((c * stride - 0.5, r * stride - 0.5), window, window,
+                                      facecolor=(0.5, 0.5, 0.5, 0.85), edgecolor='yellow',
+                                      linewidth=1.2))
+
+  shown = position_map(axes[1], probability, f'p({short(label)}) by occluder\n'
+                       'position (Fig. 7d)', cmap='jet')
+  fig.colorbar(shown, ax=axes[1], shrink=0.75, pad=0.02).ax.tick_params(labelsize=7)
+
+  span = float(np.abs(drop).max()) or 1.0
+  shown = position_map(axes[2], drop, 'score drop f(x) - f(occluded)\n(red: evidence for '
+                       'the label)', cmap='RdBu_r', vmin=-span, vmax=span)
+  fig.colorbar(shown, ax=axes[2], shrink=0.75, pad=0.02).ax.tick_params(labelsize=7)
+  if not drop.any():
+    _all_zero_note(axes[2])
+
+  codes = np.full(predicted.shape, len(top), np.int32)  # len(top): every other class
+  for code, k in enumerate(top):
+    codes[predicted == k] = code
+  palette = [matplotlib.colormaps['tab10'](code % 10) for code in range(len(top))]
+  palette.append((0.8, 0.8, 0.8, 1.0))
+  position_map(axes[3], codes, 'most probable class by\noccluder position (Fig. 7e)',
+               cmap=colors.ListedColormap(palette), vmin=-0.5, vmax=len(top) + 0.5)
+  share = lambda count: (f'{count / predicted.size:.0%}' if count >= 0.01 * predicted.size
+                         else '<1%')
+  named = lambda k: short(k) + (' (label)' if k == label else '')
+  handles = [patches.Patch(color=palette[code], label=f'{named(k)} '
+                           f'{share(counts[classes == k][0])}') for code, k in enumerate(top)]
+  others = len(classes) - len(top)
+  if others:
+    rest = int(predicted.size - counts[order[:top_classes]].sum())
+    handles.append(patches.Patch(color=palette[-1], label=f'{others} other class'
+                                 f'{"es" if others > 1 else ""} {share(rest)}'))
+  axes[3].legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, -0.02),
+                 fontsize=6.5, frameon=False, ncol=1, handlelength=1.0,
+                 borderaxespad=0.2, labelspacing=0.25)
+
+  _image_axis(axes[4], overlay(image, attribution))
+  axes[4].set_title('attribution: mean score drop of\nthe windows over each pixel',
+                    fontsize=8)
+  if not attribution.any():
+    _all_zero_note(axes[4])
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig

@@ -394,3 +394,44 @@ def class_visualization_titles(model: jaxviz.Model, targets, result, num_iterati
   """'tarantula\n200 it., p=0.93' per image: the target and its final probability."""
   return [f'{model.class_names[t]}\n{num_iterations} it., p={p:.2g}'
           for t, p in zip(targets, result.target_probability)]
+
+
+# The attribution scripts' defaults: the comparison's methods, and Zeiler & Fergus's
+# occluder at 224 px (smaller images get it scaled, see `occluder`).
+DEFAULT_METHODS = ('gradient', 'smoothgrad', 'integrated_gradients', 'guided_backprop',
+                   'deconvnet', 'grad_cam', 'guided_grad_cam', 'occlusion')
+WINDOW, STRIDE, REFERENCE_SIZE = 16, 8, 224
+
+
+def occluder(size: int, window: int | None, stride: int | None) -> tuple[int, int, str]:
+  """(window, stride, how they were chosen). Unset, each is Zeiler & Fergus's 16 / 8 px
+  at 224 px, scaled by size / 224 for smaller images (5 / 2 px on the 64-px shapes
+  images), so the occluder covers the same fraction of the image."""
+  scale = min(1.0, size / REFERENCE_SIZE)
+  scaled = []
+  if window is None:
+    window = max(1, round(WINDOW * scale))
+    scaled.append('window')
+  if stride is None:
+    stride = max(1, round(STRIDE * scale))
+    scaled.append('stride')
+  if window > size:
+    raise jaxviz.InputError(f'--window={window} is larger than the {size}-px images')
+  how = 'given'
+  if scaled:
+    how = ('default' if scale == 1 else f'{" and ".join(scaled)} scaled from '
+           f'{WINDOW}/{STRIDE} px at {REFERENCE_SIZE} px to the {size}-px images')
+  return window, stride, how
+
+
+def resolve_labels(model, images, labels_flag):
+  """(labels, where they came from): --labels, the images' own, or the predictions."""
+  n = len(images.names)
+  if labels_flag:
+    labels = class_indices(model, labels_flag)
+    if len(labels) not in (1, n):
+      raise jaxviz.InputError(f'--labels has {len(labels)} classes for {n} images')
+    return (labels.repeat(n) if len(labels) == 1 else labels), '--labels'
+  if images.labels is not None:
+    return class_indices(model, images.labels), "the images' labels"
+  return predict(model, model.preprocess(images.images)), 'predictions'

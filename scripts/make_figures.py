@@ -3,6 +3,10 @@
   python scripts/make_figures.py [--weights=imagenet] [--output_dir=outputs/figures]
       [--models=squeezenet1_1,vgg16] [--quick]
 
+Figures 17-20 go beyond the report: the attribution methods side by side
+(scripts/attribution.py) and Zeiler & Fergus's occlusion panels (scripts/occlusion.py), on
+SqueezeNet and on the self-trained shapes model.
+
 Writes figNN_*.png, index.html and index.md (each figure with its caption and the
 single-script command that makes the same picture), summary.json (the numbers quoted in
 the captions) and manifest.json. --quick divides every iteration count by 20 and uses
@@ -18,6 +22,7 @@ import shlex
 import sys
 import time
 
+import jax
 import numpy as np
 from absl import app, flags
 
@@ -30,8 +35,9 @@ _WEIGHTS = flags.DEFINE_string(
     "when it cannot be had) or 'random'.")
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', os.path.join('outputs', 'figures'),
                                   'Folder for the PNGs, index.html and index.md.')
-_MODELS = flags.DEFINE_list('models', ['squeezenet1_1', 'vgg16'],
-                            'Models to run; figures of the others are listed as skipped.')
+_MODELS = flags.DEFINE_list('models', ['squeezenet1_1', 'vgg16', 'shapes'],
+                            'Models to run (squeezenet1_1, vgg16, shapes); figures of the '
+                            'others are listed as skipped.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Iterations / 20 and 112-pixel images: checks '
                            'the pipeline in a minute or two on CPU.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Image side (default 224; 112 with '
@@ -49,6 +55,8 @@ SWEEP_TARGETS = ('tarantula', 'gorilla')
 # The report starts from an ImageNet dog photo; the bundled photo closest in spirit is
 # scikit-image's cat, visualised as its own class.
 PHOTO, PHOTO_CLASS = 'chelsea', 'tabby'
+# scripts/attribution.py's SmoothGrad samples and integrated-gradients steps.
+SMOOTHGRAD_SAMPLES, IG_STEPS = 50, 50
 
 
 @dataclasses.dataclass
@@ -214,6 +222,108 @@ class Maker:
                               init_flag=f'samples:{PHOTO}', num_iterations=1000,
                               learning_rate=learning_rate)
 
+  def shapes_model(self) -> jaxviz.Model:
+    """The self-trained shapes model; trained first (~2.5 minutes) if not cached, except in
+    quick mode, which takes random init instead (and says so) to stay quick."""
+    if 'shapes' not in self.loaded:
+      if self.weights == 'random':
+        model = jaxviz.load_model('shapes', 'random')
+      else:
+        try:
+          model = jaxviz.load_model('shapes', 'trained', train_if_missing=self.divisor == 1)
+        except jaxviz.WeightsError:
+          print('note: no trained shapes model is cached and quick mode does not train one '
+                '(python scripts/train_shapes.py does); using random init', file=sys.stderr)
+          model = jaxviz.load_model('shapes', 'random')
+      self.loaded['shapes'] = model
+    return self.loaded['shapes']
+
+  def model_command(self, script: str, model_name: str, model, **flag_values) -> str:
+    """`command`, but for the shapes model: the scripts take generated shapes images for
+    it, and random init must be asked for where quick mode fell back to it."""
+    if model_name != 'shapes':
+      return self.command(script, model_name, **flag_values)
+    args = ['--model=shapes'] + (['--weights=random'] if model.metadata.get('source')
+                                 == 'random' else [])
+    args += [f'--{k}={v}' for k, v in flag_values.items()]
+    return shlex.join(['python', f'scripts/{script}.py', *args])
+
+  def attribution(self, numbers, model_name: str):
+    """The attribution grid (scripts/attribution.py's default methods) and one image's
+    occlusion panels (scripts/occlusion.py); occlusion runs once for both."""
+    model = self.shapes_model() if model_name == 'shapes' else self.model(model_name)
+    images = data.load_images('shapes', 64) if model_name == 'shapes' else self.images()
+    labels = (common.class_indices(model, images.labels) if images.labels is not None
+              else common.predict(model, model.preprocess(images.images)))
+    x = model.preprocess(images.images)
+    size = images.images.shape[1]
+    window, default_stride, _ = common.occluder(size, None, None)
+    # Quick mode: non-overlapping windows, a quarter of the positions or fewer.
+    stride = window if self.divisor > 1 else default_stride
+    samples, steps = self.iterations(SMOOTHGRAD_SAMPLES), self.iterations(IG_STEPS)
+    options = {'smoothgrad': dict(samples=samples, sample_chunk=min(32, samples),
+                                  chunk_size=1),
+               'integrated_gradients': dict(steps=steps, step_chunk=min(32, steps),
+                                            chunk_size=1)}
+    maps, seconds = {}, {}
+    for name in common.DEFAULT_METHODS:
+      start = time.perf_counter()
+      if name == 'occlusion':
+        occluded = jax.tree.map(np.asarray, jaxviz.occlusion(
+            model, model.params, x, labels, window=window, stride=stride, window_chunk=32,
+            chunk_size=1, cpu_kernels=model.cpu_kernels))
+        maps[name] = occluded.attribution
+      else:
+        maps[name] = np.asarray(jaxviz.attribution_maps(
+            model, name, x, labels, key=jax.random.key(self.seed), **options.get(name, {})))
+      seconds[name] = round(time.perf_counter() - start, 2)
+    label_names = [model.class_names[k] for k in labels]
+    weights = common.weights_label(model)
+    flag_values = {}
+    if samples != SMOOTHGRAD_SAMPLES or steps != IG_STEPS:
+      flag_values.update(samples=samples, steps=steps)
+    if stride != default_stride:
+      flag_values.update(stride=stride)
+    command = self.model_command('attribution', model_name, model, **flag_values)
+    what = 'the self-trained shapes model' if model_name == 'shapes' else model_name
+    title = f'{what}: eight attribution methods side by side'
+    fig = figures.attribution_grid_figure(
+        images.images / 255.0, maps,
+        [f'{n}\n{c}' for n, c in zip(images.names, label_names)],
+        f'Figure {numbers[0]}: {title} ({weights}); each map clipped at its 99th percentile')
+    self.save(Entry(
+        numbers[0], title,
+        f'Columns: the input gradient (Simonyan et al.), SmoothGrad ({samples} '
+        f'sample{"s" if samples > 1 else ""}, noise 15%), integrated gradients ({steps} '
+        f'Gauss-Legendre step{"s" if steps > 1 else ""}, zero baseline), '
+        f'guided backprop, the DeconvNet, Grad-CAM at its default layer (upsampled), '
+        f'guided Grad-CAM and occlusion ({window}-px window, stride {stride}); pixel '
+        f'methods as max over RGB of |attribution|, each map clipped at its 99th '
+        f'percentile and drawn over its image. Seconds per method (first call, '
+        f'compiling): ' + ', '.join(f'{k} {v:g}' for k, v in seconds.items()) + '.',
+        command=command, numbers={'seconds': seconds, 'window': window, 'stride': stride,
+                                  'samples': samples, 'steps': steps}),
+        f'attribution_{model_name}', fig)
+    i = 0  # the first image's occlusion panels
+    one = jax.tree.map(lambda a: a[i], occluded)
+    occlusion_command = self.model_command('occlusion', model_name, model, **{
+        k: v for k, v in flag_values.items() if k == 'stride'})
+    title = f'{what}: occlusion of {images.names[i]!r} (Zeiler & Fergus Fig. 7)'
+    fig = figures.occlusion_figure(
+        images.images[i] / 255.0, one, model.class_names, labels[i], window, stride,
+        f'Figure {numbers[1]}: {title}, label {label_names[i]!r} ({weights})')
+    drop = float(one.score_drop.max())
+    self.save(Entry(
+        numbers[1], title,
+        f'A {window}-px square of the mean colour slid over the image with stride {stride}: '
+        f'the label\'s probability and score drop at each position, the most probable class '
+        f'at each position, and each pixel\'s mean score drop; largest drop {drop:.3g} '
+        f'(logits), lowest probability {float(one.probability.min()):.3g}.',
+        command=occlusion_command,
+        numbers={'largest_score_drop': drop,
+                 'lowest_probability': float(one.probability.min())}),
+        f'occlusion_{model_name}_{images.names[i]}', fig)
+
   def run(self):
     plan = [
         ('squeezenet1_1', (1, 2), 'saliency', lambda: (
@@ -233,6 +343,10 @@ class Maker:
          lambda: self.from_photo((13, 14), 'squeezenet1_1', 0.1)),
         ('vgg16', (15, 16), 'VGG16 class visualisation from a photo',
          lambda: self.from_photo((15, 16), 'vgg16', 0.5)),
+        ('squeezenet1_1', (17, 18), 'attribution methods and occlusion',
+         lambda: self.attribution((17, 18), 'squeezenet1_1')),
+        ('shapes', (19, 20), 'attribution methods and occlusion on the shapes model',
+         lambda: self.attribution((19, 20), 'shapes')),
     ]
     for model_name, numbers, title, make in plan:
       label = f'figures {numbers[0]}-{numbers[-1]}'
@@ -302,9 +416,10 @@ class Maker:
 def main(argv):
   del argv
   common.check_flags(__name__)
-  unknown = sorted(set(_MODELS.value) - {'squeezenet1_1', 'vgg16'})
+  unknown = sorted(set(_MODELS.value) - {'squeezenet1_1', 'vgg16', 'shapes'})
   if unknown:
-    raise jaxviz.InputError(f'--models: the report uses squeezenet1_1 and vgg16, not {unknown}')
+    raise jaxviz.InputError(f'--models: the figures use squeezenet1_1, vgg16 and shapes, '
+                            f'not {unknown}')
   common.enable_compilation_cache()
   maker = Maker(_WEIGHTS.value, _MODELS.value, _QUICK.value, _IMAGES.value, _SEED.value,
                 _OUTPUT_DIR.value, _IMAGE_SIZE.value, _DIVISOR.value)

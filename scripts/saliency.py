@@ -11,7 +11,6 @@ import os
 
 from absl import app, flags
 
-import jaxviz
 from jaxviz import data, figures
 import common
 
@@ -33,15 +32,7 @@ def main(argv):
   common.enable_compilation_cache()
   model = common.resolve_model(_COMMON.model.value, _COMMON.weights.value)
   n = len(images.names)
-  if _LABELS.value:
-    labels, source = common.class_indices(model, _LABELS.value), '--labels'
-    if len(labels) not in (1, n):
-      raise jaxviz.InputError(f'--labels has {len(labels)} classes for {n} images')
-    labels = labels.repeat(n) if len(labels) == 1 else labels
-  elif images.labels is not None:
-    labels, source = common.class_indices(model, images.labels), 'the images\' labels'
-  else:
-    labels, source = common.predict(model, model.preprocess(images.images)), 'predictions'
+  labels, source = common.resolve_labels(model, images, _LABELS.value)
 
   maps, timings = common.run_saliency(model, images.images, labels, _OBJECTIVE.value)
 

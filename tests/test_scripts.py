@@ -247,3 +247,124 @@ def test_bad_input_is_a_one_line_error(runs, name, message):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-2000:]
   assert message in lines[0]
+
+
+# scripts/attribution.py and scripts/occlusion.py: their own runs (and compilation cache),
+# so that `-k "attribution or occlusion"` does not wait for the runs above.
+
+# scripts/attribution.py's default columns.
+ATTRIBUTION_DEFAULTS = ('gradient', 'smoothgrad', 'integrated_gradients', 'guided_backprop',
+                        'deconvnet', 'grad_cam', 'guided_grad_cam', 'occlusion')
+
+
+@pytest.fixture(scope='module')
+def attribution_runs(tmp_path_factory, inputs):
+  out = tmp_path_factory.mktemp('attribution_outputs')
+  runs = _Runs(_env(str(tmp_path_factory.mktemp('attribution_xla_cache'))))
+  common = ['--weights=random', '--image_size=64', f'--images={inputs["npz"]}']
+  shapes = ['--model=shapes', '--weights=random', '--images=shapes:2']
+  # The errors that come before any model is loaded first, then the longest run.
+  runs.start('bad_methods', 'attribution', *common, '--methods=gradient,gradcam')
+  runs.start('big_window', 'occlusion', *common, '--window=65')
+  runs.start('attribution', 'attribution', *common, '--samples=2', '--steps=2',
+             '--window=16', '--stride=8', '--seed=1', f'--output_dir={out / "attribution"}')
+  # The small model: the default occluder scaled to its 64-px images, grey maps.
+  runs.start('attribution_shapes', 'attribution', *shapes, '--samples=2', '--nooverlay',
+             '--methods=gradient_x_input,grad_cam,occlusion,smoothgrad',
+             f'--output_dir={out / "attribution_shapes"}')
+  runs.start('occlusion_shapes', 'occlusion', *shapes, f'--output_dir={out / "occlusion_shapes"}')
+  runs.start('occlusion', 'occlusion', *common, '--window=16', '--stride=8', '--labels=tabby',
+             f'--output_dir={out / "occlusion"}')
+  runs.start('bad_layer', 'attribution', *shapes, '--methods=grad_cam', '--layer=features.99')
+  runs.out = out
+  yield runs
+  runs.stop()
+
+
+def test_attribution_writes_every_method_grid_and_timings(attribution_runs, inputs):
+  result = _ok(attribution_runs, 'attribution')
+  folder = attribution_runs.out / 'attribution'
+  width, height = _png_size(folder / 'attribution.png')
+  assert width > height  # 2 rows of 1 + 8 panels
+  assert os.path.getsize(folder / 'attribution.png') < 400_000
+  with np.load(folder / 'results.npz') as r:
+    assert np.array_equal(r['images'], inputs['images'])
+    assert r['labels'].tolist() == [_class('tabby'), 7]
+    assert r['methods'].tolist() == list(ATTRIBUTION_DEFAULTS)
+    for method in ATTRIBUTION_DEFAULTS:
+      maps = r[f'maps_{method}']
+      assert maps.shape == (2, 64, 64) and np.isfinite(maps).all(), method
+      if method != 'occlusion':  # occlusion's score drop may be negative
+        assert (maps >= 0).all(), method
+  manifest = _manifest(folder)
+  assert list(manifest['seconds']) == list(ATTRIBUTION_DEFAULTS)
+  assert all(s > 0 for s in manifest['seconds'].values())
+  assert manifest['options']['grad_cam']['layer'] == 'features.12'
+  assert manifest['options']['smoothgrad']['samples'] == 2
+  assert manifest['options']['integrated_gradients'] == {
+      'steps': 2, 'rule': 'gausslegendre', 'step_chunk': 2}
+  assert manifest['occlusion'] == {'window': 16, 'stride': 8, 'chosen': 'given'}
+  assert manifest['flags']['seed'] == 1
+  for method in ATTRIBUTION_DEFAULTS:  # a summary line per method
+    assert f'  {method} ' in result.stdout
+
+
+def test_attribution_on_shapes_scales_the_occluder(attribution_runs):
+  result = _ok(attribution_runs, 'attribution_shapes')
+  folder = attribution_runs.out / 'attribution_shapes'
+  _png_size(folder / 'attribution.png')
+  methods = ['gradient_x_input', 'grad_cam', 'occlusion', 'smoothgrad']
+  with np.load(folder / 'results.npz') as r:
+    assert r['methods'].tolist() == methods
+    for method in methods:
+      assert r[f'maps_{method}'].shape == (2, 64, 64), method
+      assert np.isfinite(r[f'maps_{method}']).all(), method
+  occluder = _manifest(folder)['occlusion']
+  assert (occluder['window'], occluder['stride']) == (5, 2)  # 16 / 8 px scaled by 64 / 224
+  assert 'scaled' in occluder['chosen'] and 'scaled' in result.stdout
+
+
+def test_occlusion_writes_panels_per_image_and_consistent_maps(attribution_runs, inputs):
+  _ok(attribution_runs, 'occlusion')
+  folder = attribution_runs.out / 'occlusion'
+  for name in ('image0', 'image1'):  # the .npz has no names
+    assert os.path.getsize(folder / f'occlusion_{name}.png') < 300_000
+  with np.load(folder / 'results.npz') as r:
+    grid = (2, 7, 7)  # (64 - 16) // 8 + 1 positions a side
+    assert r['probability'].shape == r['score_drop'].shape == r['predicted'].shape == grid
+    assert ((0 <= r['probability']) & (r['probability'] <= 1)).all()
+    assert np.isfinite(r['score_drop']).all() and np.isfinite(r['attribution']).all()
+    assert r['attribution'].shape == (2, 64, 64)
+    assert ((0 <= r['predicted']) & (r['predicted'] < 1000)).all()
+    assert r['labels'].tolist() == [_class('tabby')] * 2
+    # Pixel (0, 0) lies in the first window only: its attribution is that window's drop.
+    np.testing.assert_allclose(r['attribution'][:, 0, 0], r['score_drop'][:, 0, 0],
+                               rtol=1e-5, atol=1e-6)
+  manifest = _manifest(folder)
+  assert manifest['occlusion']['grid'] == [7, 7]
+  assert manifest['figures'] == ['occlusion_image0.png', 'occlusion_image1.png']
+
+
+def test_occlusion_on_shapes_scales_the_occluder(attribution_runs):
+  result = _ok(attribution_runs, 'occlusion_shapes')
+  folder = attribution_runs.out / 'occlusion_shapes'
+  _png_size(folder / 'occlusion_shape0.png')
+  with np.load(folder / 'results.npz') as r:
+    assert r['probability'].shape == (2, 30, 30)  # window 5, stride 2 on 64 px
+    assert int(r['window']) == 5 and int(r['stride']) == 2
+    assert np.isfinite(r['attribution']).all()
+  assert 'scaled' in result.stdout
+
+
+@pytest.mark.parametrize('name, message', [
+    ('bad_methods', "--methods: unknown method(s) 'gradcam'; known: gradient"),
+    ('bad_layer', "--layer: unknown layer 'features.99' for shapes"),
+    ('big_window', '--window=65 is larger than the 64-px images'),
+])
+def test_attribution_and_occlusion_bad_input_is_a_one_line_error(attribution_runs, name,
+                                                                 message):
+  result = attribution_runs.result(name)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-2000:]
+  assert message in lines[0]

@@ -50,7 +50,7 @@ def path_rule(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
 
 def integrated_gradients_one(apply_fn, params, image, label, key=None, *, baseline=None,
                              steps: int = 50, rule: str = 'gausslegendre',
-                             step_chunk: int | None = None) -> IntegratedGradients:
+                             step_chunk: int | None = 32) -> IntegratedGradients:
   """Integrated gradients of the class score for one image (eq. 3):
 
       (x - x') * sum_k w_k d f_label / dx (x' + alpha_k (x - x'))
@@ -60,7 +60,8 @@ def integrated_gradients_one(apply_fn, params, image, label, key=None, *, baseli
     baseline: x', an (H, W, 3) image (may be traced); None: zeros, the dataset's mean
       colour in normalised space.
     steps, rule: the quadrature (`path_rule`); 'gausslegendre' is the most accurate.
-    step_chunk: at most this many path points per backward pass (bounds memory).
+    step_chunk: at most this many path points per backward pass (bounds memory;
+      None: all).
 
   Returns:
     `IntegratedGradients` of one image: attributions (H, W, 3) and the scalar gap.
@@ -95,7 +96,7 @@ def integrated_gradients_one(apply_fn, params, image, label, key=None, *, baseli
 @attribution('integrated_gradients')
 def integrated_gradients_attribution(apply_fn, params, image, label, key=None, *,
                                      steps: int = 50, rule: str = 'gausslegendre',
-                                     step_chunk: int | None = None):
+                                     step_chunk: int | None = 32):
   """The attributions of `integrated_gradients_one` from the zero baseline, (H, W, 3)."""
   return integrated_gradients_one(apply_fn, params, image, label, steps=steps, rule=rule,
                                   step_chunk=step_chunk).attributions
@@ -111,7 +112,7 @@ _batched = BatchedMethod(_integrated_gradients, batched=('image', 'label', 'base
 
 def integrated_gradients(apply_fn, params, images, labels, *, baseline=None,
                          steps: int = 50, rule: str = 'gausslegendre',
-                         step_chunk: int | None = None, chunk_size: int | None = None,
+                         step_chunk: int | None = 32, chunk_size: int | None = None,
                          devices: parallel.Devices = None,
                          cpu_kernels: str | None = None) -> IntegratedGradients:
   """`integrated_gradients_one` over a batch: (N, H, W, 3) images, (N,) labels ->

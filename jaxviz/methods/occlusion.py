@@ -53,7 +53,7 @@ def check_options(window, stride, window_chunk):
 
 
 def occlusion_one(apply_fn, params, image, label, key=None, *, window: int = 16,
-                  stride: int = 8, fill: float = 0.0, window_chunk: int | None = None):
+                  stride: int = 8, fill: float = 0.0, window_chunk: int | None = 32):
   """Occlusion of one image: an `Occlusion` of (gh, gw) panels and an (H, W) attribution.
 
   Every window position is one image of a batched forward pass, `window_chunk` of them
@@ -64,7 +64,8 @@ def occlusion_one(apply_fn, params, image, label, key=None, *, window: int = 16,
     window: the square's side in pixels.
     stride: pixels between window positions; windows only where they fit.
     fill: the square's value in normalised space (0: the dataset's mean colour).
-    window_chunk: at most this many occluded images per forward pass.
+    window_chunk: at most this many occluded images per forward pass (None: all; the
+      default 32 bounds memory at 224 px, where there are 729 windows).
 
   References:
     Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014,
@@ -100,7 +101,7 @@ def occlusion_one(apply_fn, params, image, label, key=None, *, window: int = 16,
 @attribution('occlusion')
 def occlusion_attribution(apply_fn, params, image, label, key=None, *, window: int = 16,
                           stride: int = 8, fill: float = 0.0,
-                          window_chunk: int | None = None):
+                          window_chunk: int | None = 32):
   """The per-pixel attribution of `occlusion_one`, (H, W)."""
   return occlusion_one(apply_fn, params, image, label, key, window=window, stride=stride,
                        fill=fill, window_chunk=window_chunk).attribution
@@ -115,7 +116,7 @@ _batched = BatchedMethod(_occlusion, batched=('image', 'label'))
 
 
 def occlusion(apply_fn, params, images, labels, *, window: int = 16, stride: int = 8,
-              fill: float = 0.0, window_chunk: int | None = None,
+              fill: float = 0.0, window_chunk: int | None = 32,
               chunk_size: int | None = None, devices: parallel.Devices = None,
               cpu_kernels: str | None = None) -> Occlusion:
   """`occlusion_one` over a batch: (N, H, W, 3) images, (N,) labels -> `Occlusion`.

@@ -20,7 +20,7 @@ def check_options(base, samples, noise_level, sample_chunk):
 @attribution('smoothgrad')
 def smoothgrad_one(apply_fn, params, image, label, key, *, base='gradient',
                    samples: int = 50, noise_level=0.15, squared: bool = False,
-                   sample_chunk: int | None = None):
+                   sample_chunk: int | None = 32):
   """SmoothGrad of the `base` method for one image: the mean of its attributions of
   image + N(0, sigma^2) over `samples` draws, sigma = noise_level * (max - min of the
   image) (eq. 3); with squared=True, the mean of their squares (SmoothGrad-Squared).
@@ -60,7 +60,7 @@ def smoothgrad_one(apply_fn, params, image, label, key, *, base='gradient',
 
 def smoothgrad(apply_fn, params, images, labels, *, key=None, method='gradient',
                samples: int = 50, noise_level: float = 0.15, squared: bool = False,
-               sample_chunk: int | None = None, chunk_size: int | None = None,
+               sample_chunk: int | None = 32, chunk_size: int | None = None,
                devices: parallel.Devices = None, cpu_kernels: str | None = None):
   """`smoothgrad_one` over a batch: (N, H, W, 3) images, (N,) labels -> the base
   method's attributions averaged, (N, H, W, 3) for pixel methods. `method` is the base
