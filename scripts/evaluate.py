@@ -11,12 +11,23 @@ names, and `masks` (N, H, W) bool or `boxes` (N, 4) as x0, y0, x1, y1 pixels; it
 and checked before the model loads. Prints a table; writes the JSON report, the figures
 (saliency.png, deletion_insertion.png, sanity_cascading.png, sanity_independent.png,
 class_visualization.png) and manifest.json into --output_dir.
+
+  python scripts/evaluate.py --methods=all [--method_sanity_images=8]
+
+adds every attribution method (or a comma list of jaxviz.attribution_methods()): a second
+table with a row per method (pointing game at 0 px and at the scaled tolerance, mass in
+the mask, deletion-to-blur and insertion AUC, cascading and independent randomisation),
+the centre and random maps as controls (jaxviz.evaluation.evaluate_methods), under the
+report's 'attribution_methods' key, and the figures methods_grid.png,
+deletion_insertion_methods.png and sanity_cascading_<method>.png.
 """
 
 import dataclasses
 import json
 import os
 import sys
+import textwrap
+import time
 
 import numpy as np
 from absl import app, flags
@@ -54,6 +65,28 @@ _SANITY = flags.DEFINE_integer('sanity_images', _DEFAULTS.sanity_images,
                                'Images for the randomisation sanity checks.', lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of fooling targets, jitter, re-inits.',
                              lower_bound=0)
+_METHODS = flags.DEFINE_list(
+    'methods', ['saliency'], "'saliency' (default): the course's evaluation above, the "
+    "plain gradient only. 'all' or a list of jaxviz.attribution_methods() adds the methods "
+    'table: every metric for each method (its first --saliency_images images, '
+    '--deletion_steps) with the centre and random maps as controls.')
+_M = evaluation.MethodsConfig()
+_METHOD_SANITY = flags.DEFINE_integer(
+    'method_sanity_images', _M.sanity_images, 'Methods table: images for the '
+    "randomisation checks of each method.", lower_bound=1)
+_SG_SAMPLES = flags.DEFINE_integer('smoothgrad_samples', _M.smoothgrad_samples,
+                                   'Methods table: SmoothGrad samples.', lower_bound=1)
+_SG_SANITY = flags.DEFINE_integer('sanity_smoothgrad_samples', _M.sanity_smoothgrad_samples,
+                                  "Methods table: SmoothGrad's samples inside the "
+                                  'randomisation checks.', lower_bound=1)
+_IG_STEPS = flags.DEFINE_integer('ig_steps', _M.ig_steps, 'Methods table: integrated '
+                                 'gradients steps (Gauss-Legendre).', lower_bound=1)
+_WINDOW = flags.DEFINE_integer('occlusion_window', _M.occlusion_window,
+                               'Methods table: occlusion square, px.', lower_bound=1)
+_STRIDE = flags.DEFINE_integer('occlusion_stride', _M.occlusion_stride,
+                               'Methods table: occlusion stride, px.', lower_bound=1)
+_CAM_LAYER = flags.DEFINE_string('grad_cam_layer', None, "Methods table: Grad-CAM's layer "
+                                 "(default: the model's last feature map).")
 
 
 def load_masked(spec: str, count: int, seed: int):
@@ -140,6 +173,80 @@ def print_table(report: dict):
     print(f'  {name:<{width}}  {value}')
 
 
+def methods_table(report: dict) -> list[str]:
+  """The methods table's lines: one row per method, then the centre and random maps."""
+  tol = report['tolerance']
+  head = ('method', 'PG 0px', f'PG {tol}px', 'mass', 'del blur', 'ins',
+          'casc rho logits/all', 'casc SSIM logits/all', 'indep rho min/max')
+  rows = []
+  for group in ('methods', 'baselines'):
+    for name, r in report[group].items():
+      cells = [name, f'{r["pointing_game"]:.3f}', f'{r["pointing_game_tolerant"]:.3f}',
+               f'{r["mask_mass"]["mean"]:.3f}', f'{r["deletion_auc_blur"]["mean"]:.3f}',
+               f'{r["insertion_auc"]["mean"]:.3f}']
+      if group == 'methods':
+        cells += [f'{r["cascading_spearman_abs_logits"]:.3f} / '
+                  f'{r["cascading_spearman_abs_all"]:.3f}',
+                  f'{r["cascading_ssim_logits"]:.3f} / {r["cascading_ssim_all"]:.3f}',
+                  f'{r["independent_spearman_abs_min"]:.3f} / '
+                  f'{r["independent_spearman_abs_max"]:.3f}']
+      else:
+        cells += ['-'] * 3
+      rows.append(cells)
+  zero = [f'{name} {r["cascading_randomization"]["all_zero"][1]:.2f} / '
+          f'{r["cascading_randomization"]["all_zero"][-1]:.2f}'
+          for name, r in report['methods'].items()
+          if max(r['cascading_randomization']['all_zero']) > 0]
+  widths = [max(len(row[i]) for row in [head] + rows) for i in range(len(head))]
+  line = lambda cells: '  '.join(c.ljust(w) if i == 0 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+  return [line(head), line(['-' * w for w in widths])] + [line(r) for r in rows] + textwrap.wrap(
+      f'PG: pointing game on {report["images"]} images (a hit only if every maximal pixel '
+      f'is on the object, or within {tol} px); mass: share of the map in the mask (mask '
+      f'area {report["mask_area"]["mean"]:.3f}); del blur / ins: deletion to a blurred copy '
+      '(lower better) / insertion into it (higher better), AUC of the label\'s '
+      f'probability; casc / indep: Adebayo et al.\'s randomisation on '
+      f'{report["sanity_images"]} images, Spearman of |map| (and SSIM) with the trained '
+      "model's maps after randomising the logits layer / all layers (cascading), one layer "
+      'at a time (independent): high = the map ignores the weights.', 100) + (
+      textwrap.wrap('All-zero maps after randomising the logits layer / all layers (their '
+                    'SSIM only measures how sparse the trained map is): ' + ', '.join(zero),
+                    100) if zero else [])
+
+
+def write_method_figures(model: jaxviz.Model, images, labels, masks, report, arrays,
+                         out: str) -> list[str]:
+  """methods_grid.png (images x methods), deletion_insertion_methods.png and
+  sanity_cascading_<method>.png per method; returns the file names."""
+  names = list(report['methods'])
+  k = min(6, len(arrays[names[0]]['maps']))
+  rgb = images[:k] / 255.0
+  titles = [model.class_names[c] for c in labels[:k]]
+  written = ['methods_grid.png', 'deletion_insertion_methods.png']
+  figures.save(figures.attribution_grid_figure(
+      rgb, {name: arrays[name]['maps'][:k] for name in names}, titles,
+      f'{model.name}: attribution maps of the true class'),
+      os.path.join(out, written[0]))
+  controls = {'random map': arrays['random_map'], 'centre map': arrays['center_map']}
+  curves = {name: arrays[name] for name in names} | controls
+  figures.save(figures.deletion_insertion_figure(
+      arrays[names[0]]['fractions'],
+      {name: c['deletion_curve'] for name, c in curves.items()},
+      {name: c['insertion_curve'] for name, c in curves.items()},
+      f'{model.name}: deletion and insertion (blurred baseline)'),
+      os.path.join(out, written[1]))
+  for name in names:
+    a = arrays[name]
+    path = f'sanity_cascading_{name}.png'
+    figures.save(figures.sanity_check_figure(
+        arrays['stages'], {'Spearman (abs)': a['cascade_spearman_abs'], 'SSIM': a['cascade_ssim']},
+        maps=a['cascade_maps'][:, :3],
+        suptitle=f'{model.name}, {name}: cascading randomisation (Adebayo et al. 2018)'),
+        os.path.join(out, path))
+    written.append(path)
+  return written
+
+
 def write_figures(model: jaxviz.Model, images, labels, masks, arrays, out: str):
   k = min(8, len(arrays['saliency']))
   rgb = images[:k] / 255.0
@@ -183,17 +290,41 @@ def main(argv):
       saliency_images=_SALIENCY.value, deletion_steps=_STEPS.value,
       fooling_images=_FOOLING.value, classviz_iterations=_CLASSVIZ.value,
       classviz_classes=_CLASSES.value, sanity_images=_SANITY.value, seed=_SEED.value)
-  count = max(config.saliency_images, config.fooling_images, config.sanity_images)
+  methods = None
+  if _METHODS.value != ['saliency']:
+    methods = evaluation.resolve_methods(
+        ['gradient' if name.strip() == 'saliency' else name for name in _METHODS.value])
+    method_config = evaluation.MethodsConfig(
+        localization_images=_SALIENCY.value, deletion_steps=_STEPS.value,
+        sanity_images=_METHOD_SANITY.value, smoothgrad_samples=_SG_SAMPLES.value,
+        sanity_smoothgrad_samples=_SG_SANITY.value, ig_steps=_IG_STEPS.value,
+        occlusion_window=_WINDOW.value, occlusion_stride=_STRIDE.value,
+        grad_cam_layer=_CAM_LAYER.value, seed=_SEED.value)
+    method_sanity = method_config.sanity_images
+  else:
+    method_sanity = 0
+  count = max(config.saliency_images, config.fooling_images, config.sanity_images,
+              method_sanity)
   images, labels, masks = load_masked(_DATA.value, count, _DATA_SEED.value)
   common.enable_compilation_cache()
   model = (jaxviz.load_model(_MODEL.value, _WEIGHTS.value) if _MODEL.value == 'shapes'
            else common.resolve_model(_MODEL.value, _WEIGHTS.value or 'imagenet'))
   if _DATA.value != 'shapes':
     labels = common.class_indices(model, list(labels))
-  report, arrays = evaluation.evaluate(
-      model, images, labels, masks, config,
-      progress=lambda text: print(f'[evaluate] {text}', file=sys.stderr, flush=True))
+  if methods is not None:
+    evaluation.check_methods_config(model, methods, method_config)
+  say = lambda text: print(f'[evaluate] {text}', file=sys.stderr, flush=True)
+  start = time.perf_counter()
+  report, arrays = evaluation.evaluate(model, images, labels, masks, config, progress=say)
   report['config'] = dataclasses.asdict(config)
+  report['seconds'] = time.perf_counter() - start
+  if methods is not None:
+    start = time.perf_counter()
+    method_report, method_arrays = evaluation.evaluate_methods(
+        model, images, labels, masks, methods, method_config, progress=say)
+    method_report['config'] = dataclasses.asdict(method_config)
+    method_report['seconds']['total'] = time.perf_counter() - start
+    report['attribution_methods'] = method_report
   report['data'] = _DATA.value if _DATA.value != 'shapes' else f'shapes seed {_DATA_SEED.value}'
   report['weights'] = {k: v for k, v in model.metadata.items() if k != 'class_names'}
   out = _OUTPUT_DIR.value
@@ -202,9 +333,17 @@ def main(argv):
   checkpoint.atomic_write(path, lambda f: f.write(
       json.dumps(report, indent=2, default=str).encode()))
   write_figures(model, images, labels, masks, arrays, out)
+  if methods is not None:
+    write_method_figures(model, images, labels, masks, method_report, method_arrays, out)
   common.write_manifest(out, common.script_flags(), model)
   print(f'{model.name} ({common.weights_label(model)}), {report["data"]}:')
   print_table(report)
+  if methods is not None:
+    seconds = method_report['seconds']
+    print(f'attribution methods ({seconds["total"]:.0f} s; the course\'s evaluation above '
+          f'{report["seconds"]:.0f} s):')
+    for line in methods_table(method_report):
+      print(f'  {line}')
   print(f'wrote {path} and the figures in {out}')
 
 

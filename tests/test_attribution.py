@@ -167,9 +167,15 @@ def test_integrated_gradients_completeness_gap_shrinks_with_steps(model64, input
   assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.05 * change
 
 
-@pytest.mark.parametrize('rule', ['gradient', 'guided', 'deconvnet'])
-@pytest.mark.parametrize('layer,units', [('features.7', None), ('features.7', [[3, 4], [0, 6]]),
-                                         ('features.12.expand3x3_activation', [[1, 1], [2, 0]])])
+# Each rule on a whole channel and on single units, at a Fire module and at a ReLU output.
+@pytest.mark.parametrize('rule,layer,units', [
+    ('gradient', 'features.7', None),
+    ('gradient', 'features.12.expand3x3_activation', [[1, 1], [2, 0]]),
+    ('guided', 'features.7', [[3, 4], [0, 6]]),
+    ('guided', 'features.12.expand3x3_activation', None),
+    ('deconvnet', 'features.7', None),
+    ('deconvnet', 'features.12.expand3x3_activation', [[1, 1], [2, 0]]),
+])
 def test_layer_gradient_equals_torch_float64(model64, inputs, rule, layer, units):
   channels = np.array([5, 17])
   got = _x64(jaxviz.layer_gradient, model64, model64.params, inputs, layer=layer,

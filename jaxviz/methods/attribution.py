@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxviz import parallel, validation
+from jaxviz import ops, parallel, validation
 from jaxviz.errors import InputError
 from jaxviz.methods._batched import BatchedMethod
 from jaxviz.methods.objectives import check_objective, objective_grad
@@ -175,7 +175,6 @@ def attribution_maps(model, method, images, labels, *, params=None, key=None,
     method, images, labels, key, reduce, chunk_size, devices, **options: as `attribute`.
     params: parameters to use instead of `model.params` (e.g. randomised layers).
   """
-  from jaxviz import ops
   maps = attribute(method, model, model.params if params is None else params, images,
                    labels, key=key, reduce=validation.check_choice(
                        reduce, tuple(REDUCTIONS), 'reduce'), chunk_size=chunk_size,

@@ -2,10 +2,11 @@
 2014): the input gradient of the class score with every ReLU's backward rule replaced
 (`relu_rules`)."""
 
+import jax
+
 from jaxviz import parallel, validation
 from jaxviz.methods.attribution import attribute, attribution
 from jaxviz.methods.relu_rules import with_relu_rule
-import jax
 
 
 def rule_gradient(apply_fn, params, image, label, rule: str):

@@ -54,7 +54,8 @@ def _is_zero_literal(v) -> bool:
 
 def _relu_operand(eqn):
   """The index of x in `max(x, 0)` / `max(0, x)`, or None when `eqn` is not a ReLU."""
-  if eqn.primitive.name != 'max' or len(eqn.invars) != 2:
+  if (eqn.primitive.name != 'max' or len(eqn.invars) != 2
+      or not jnp.issubdtype(eqn.outvars[0].aval.dtype, jnp.floating)):
     return None
   for i in (0, 1):
     other = eqn.invars[1 - i]
