@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 import jaxviz
-from jaxviz import data, figures
+from jaxviz import figures
 from jaxviz.methods.integrated_gradients import RULES
 from jaxviz.methods.layers import DEFAULT_LAYERS
 import common
@@ -93,10 +93,7 @@ def main(argv):
   del argv
   common.check_flags(__name__)
   methods = check_methods(_METHODS.value)
-  spec = _COMMON.images.value
-  if _COMMON.model.value == 'shapes' and spec == 'samples':  # photos mean nothing to it
-    spec = 'shapes'
-  images = data.load_images(spec, _COMMON.image_size.value)
+  images = common.attribution_images(_COMMON)
   size = min(images.images.shape[1:3])
   window, stride, how = common.occluder(size, _WINDOW.value, _STRIDE.value)
   common.enable_compilation_cache()

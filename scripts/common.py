@@ -435,3 +435,12 @@ def resolve_labels(model, images, labels_flag):
   if images.labels is not None:
     return class_indices(model, images.labels), "the images' labels"
   return predict(model, model.preprocess(images.images)), 'predictions'
+
+
+def attribution_images(flags_) -> data.ImageSet:
+  """The --images of an attribution script: generated shapes images for the shapes model
+  when --images is left at the sample photos (photos mean nothing to it)."""
+  spec = flags_.images.value
+  if flags_.model.value == 'shapes' and spec == 'samples':
+    spec = 'shapes'
+  return data.load_images(spec, flags_.image_size.value)

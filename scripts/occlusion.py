@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 import jaxviz
-from jaxviz import data, figures
+from jaxviz import figures
 import common
 
 _COMMON = common.define_common_flags('occlusion')
@@ -62,10 +62,7 @@ def file_names(names) -> list[str]:
 def main(argv):
   del argv
   common.check_flags(__name__)
-  spec = _COMMON.images.value
-  if _COMMON.model.value == 'shapes' and spec == 'samples':  # photos mean nothing to it
-    spec = 'shapes'
-  images = data.load_images(spec, _COMMON.image_size.value)
+  images = common.attribution_images(_COMMON)
   size = min(images.images.shape[1:3])
   window, stride, how = common.occluder(size, _WINDOW.value, _STRIDE.value)
   common.enable_compilation_cache()

@@ -27,6 +27,18 @@ def rel_err(a, b) -> float:
   return float(np.linalg.norm(a - b) / (scale if scale > 0 else 1.0))
 
 
+def counting(apply_fn):
+  """(apply_fn that records the shape of every trace of it, the list of shapes): a
+  second call of a compiled method that traces nothing has compiled nothing anew."""
+  traces = []
+
+  def counted(params, x):
+    traces.append(x.shape)
+    return apply_fn(params, x)
+
+  return counted, traces
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m selects on the marks
 def pytest_collection_modifyitems(items):
   """Every test that needs the trained shapes model (shapes_cache, directly or through

@@ -12,7 +12,7 @@ torch = pytest.importorskip('torch')  # the float64 references; the [test] extra
 
 import jaxviz  # noqa: E402
 import torch_attribution as ta  # noqa: E402
-from conftest import rel_err  # noqa: E402
+from conftest import counting, rel_err  # noqa: E402
 from jaxviz import methods as M  # noqa: E402
 from jaxviz.errors import InputError  # noqa: E402
 from jaxviz.methods.attribution import resolve  # noqa: E402
@@ -301,18 +301,9 @@ def test_vmap_over_hyperparameters_equals_separate_calls(model, images):
                              rtol=1e-5, atol=1e-8)
 
 
-def _counting(apply_fn):
-  traces = []
-
-  def counted(params, x):
-    traces.append(x.shape)
-    return apply_fn(params, x)
-
-  return counted, traces
-
 
 def test_each_method_compiles_once_per_shape(model, images):
-  counted, traces = _counting(model.apply)
+  counted, traces = counting(model.apply)
   calls = [
       lambda x: jaxviz.guided_backprop(counted, model.params, x, 1),
       lambda x: jaxviz.deconvnet(counted, model.params, x, 1),

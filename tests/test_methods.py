@@ -11,7 +11,7 @@ torch = pytest.importorskip('torch')  # the float64 references; the [test] extra
 
 import jaxviz  # noqa: E402
 import torch_course  # noqa: E402
-from conftest import rel_err  # noqa: E402
+from conftest import counting, rel_err  # noqa: E402
 from jaxviz.errors import InputError  # noqa: E402
 from jaxviz.methods import (class_visualization_one, fooling_image,  # noqa: E402
                             saliency_map)
@@ -318,20 +318,10 @@ def test_zero_init_gives_no_nan(model):
   assert np.all(np.isfinite(result.images)) and np.abs(result.images).max() > 0
 
 
-def _counting(apply_fn):
-  """apply_fn, and a list that grows by one each time it is traced."""
-  traces = []
-
-  def counted(params, x):
-    traces.append(x.shape)
-    return apply_fn(params, x)
-
-  return counted, traces
-
 
 @pytest.mark.slow
 def test_methods_compile_once(model, images):
-  counted, traces = _counting(model.apply)
+  counted, traces = counting(model.apply)
   calls = [
       lambda: jaxviz.attribute('gradient_x_input', counted, model.params, images, [1, 2, 3],
                                reduce='sum_abs'),
@@ -585,7 +575,7 @@ def test_model_cpu_kernels_follow_the_architecture_and_dtype(model):
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU kernels')
 def test_cpu_kernels_compile_apart_and_agree_to_round_off(model, images):
   # Wrapping the apply function changes nothing: the kernels are what the call asks for.
-  apply, traces = _counting(model.apply)
+  apply, traces = counting(model.apply)
   labels = np.array([1, 2, 3])
   x = jnp.asarray(images[:3, :71, :73])
   results = {}

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from jaxviz._xla_cpu.canonical import _CALLS, _bind
+from jaxviz._xla_cpu.canonical import _CALLS, _bind, _walk
 from jaxviz import validation
 
 RULES = ('gradient', 'guided', 'deconvnet')
@@ -80,28 +80,18 @@ def _relu_input(eqn):
   return _relu_operand(eqn)
 
 
-def _walk(jaxpr, consts, args, relu):
-  env = {}
+def _eval(jaxpr, consts, args, relu):
+  """Evaluates `jaxpr` with every ReLU equation bound as `relu` (canonical's walker
+  follows the `jit` sub-programs)."""
 
-  def read(v):
-    return v.val if isinstance(v, jcore.Literal) else env[v]
+  def step(eqn, invals, path):
+    del path
+    i = _relu_input(eqn)
+    if i is None:
+      return _bind(eqn, invals)
+    return [relu(jnp.broadcast_to(invals[i], eqn.outvars[0].aval.shape))]
 
-  env.update(zip(jaxpr.constvars, consts))
-  env.update(zip(jaxpr.invars, args))
-  for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
-    if eqn.primitive.name in _CALLS:
-      sub = eqn.params[_CALLS[eqn.primitive.name]]
-      out = _walk(sub.jaxpr, sub.consts, invals, relu)
-    elif (i := _relu_input(eqn)) is not None:
-      x = invals[i]
-      out = [relu(jnp.broadcast_to(x, eqn.outvars[0].aval.shape))]
-    else:
-      out = _bind(eqn, invals)
-    for v, value in zip(eqn.outvars, out):
-      if not isinstance(v, jcore.DropVar):
-        env[v] = value
-  return [read(v) for v in jaxpr.outvars]
+  return _walk(jaxpr, consts, args, step)
 
 
 def with_relu_rule(fn, rule: str):
@@ -122,7 +112,7 @@ def with_relu_rule(fn, rule: str):
 
   def wrapped(*args):
     closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
-    out = _walk(closed.jaxpr, closed.consts, jax.tree.leaves(args), relu)
+    out = _eval(closed.jaxpr, closed.consts, jax.tree.leaves(args), relu)
     return jax.tree.unflatten(jax.tree.structure(shapes), out)
 
   return wrapped
