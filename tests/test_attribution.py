@@ -288,10 +288,11 @@ def test_vmap_over_hyperparameters_equals_separate_calls(model, images):
   baselines = jnp.stack([jnp.zeros((48, 48, 3)), images[1], -images[2]])
   paths = jax.jit(jax.vmap(lambda b: M.integrated_gradients_one(
       model, model.params, images[0], 7, baseline=b, steps=3).attributions))(baselines)
+  # The separate calls: one compiled function, called once per noise level.
+  separate = jax.jit(lambda s: M.smoothgrad_one(model, model.params, images[0], 7, key,
+                                                samples=3, noise_level=s))
   for i in range(3):
-    level = float(levels[i])
-    one = jax.jit(lambda: M.smoothgrad_one(model, model.params, images[0], 7, key, samples=3,
-                                           noise_level=level))()
+    one = separate(levels[i])
     np.testing.assert_allclose(sweep[i], one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
     ig = jaxviz.integrated_gradients(model, model.params, images[:1], [7],
                                      baseline=baselines[i], steps=3).attributions[0]

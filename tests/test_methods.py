@@ -363,7 +363,7 @@ def test_methods_compile_once(model, images):
                                         learning_rate=-1.0), 'learning_rate'),
     (lambda m, x: jaxviz.fooling_images(m.apply, m.params, x.at[1, 2, 3, 0].set(jnp.nan),
                                         [1, 2, 3]), r'image\(s\) \[1\] contain NaN'),
-    (lambda m, x: jaxviz.attribute('occlusion', m.apply, m.params, x, [1, 2, 3]),
+    (lambda m, x: jaxviz.attribute('lrp_epsilon', m.apply, m.params, x, [1, 2, 3]),
      'unknown attribution method'),
     (lambda m, x: jaxviz.attribute('gradient', m.apply, m.params, x, [1, 2, 3],
                                    reduce='mean'), 'reduce must be one of'),

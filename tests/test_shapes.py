@@ -279,7 +279,8 @@ def test_evaluate_methods_names_and_occlusion_sign():
   data = shapes.generate(1, seed=1000)
   x = model.preprocess(data.images)
   maps = evaluation.method_maps(model, 'occlusion', x, data.labels)
-  signed = jaxviz.attribution_maps(model, 'occlusion', x, data.labels, window=8, stride=4)
+  signed = jaxviz.attribution_maps(model, 'occlusion', x, data.labels,
+                                   **evaluation.method_options('occlusion'))
   np.testing.assert_array_equal(np.asarray(maps), np.maximum(np.asarray(signed), 0))
 
 
