@@ -168,7 +168,9 @@ def attribution_maps(model, method, images, labels, *, params=None, key=None,
   """Any method's (N, H, W) maps at the images' resolution, for figures and metrics.
 
   `attribute` with the model's own kernels, pixel attributions reduced by `reduce`, and
-  layer maps (Grad-CAM) upsampled bilinearly to the image (`jaxviz.upsample`).
+  layer maps (Grad-CAM) upsampled bilinearly to the image (`jaxviz.upsample`). The maps
+  are non-negative except occlusion's, a signed score drop (clip it at 0 for metrics
+  that need a distribution, as `jaxviz.evaluation` does).
 
   Args:
     model: a `jaxviz.Model`.
