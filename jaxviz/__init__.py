@@ -12,11 +12,11 @@ from jaxviz.models import ARCHITECTURES
 from jaxviz.preprocess import (IMAGENET_MEAN, IMAGENET_STD, deprocess, preprocess,
                                valid_range)
 from jaxviz.ops import upsample
-from jaxviz.methods import (ClassVisualization, FoolingResult, IntegratedGradients,
-                            Occlusion, attribute, attribution_maps, class_visualization,
-                            deconvnet, fooling_images, grad_cam, guided_backprop,
+from jaxviz.methods import (AttackResult, ClassVisualization, FoolingResult, IntegratedGradients,
+                            Occlusion, attribute, attribution_maps, bim, class_visualization,
+                            deconvnet, fgsm, fooling_images, grad_cam, guided_backprop,
                             guided_grad_cam, integrated_gradients, layer_gradient,
-                            occlusion, saliency_maps, smoothgrad)
+                            occlusion, pgd, saliency_maps, smoothgrad)
 from jaxviz.methods import methods as attribution_methods
 from jaxviz import parallel
 from jaxviz._xla_cpu import compiler_options

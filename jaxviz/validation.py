@@ -46,7 +46,9 @@ def check_batch(images):
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise InputError(f'images must be normalised floats (use model.preprocess), '
                      f'got {images.dtype}')
-  finite = np.asarray(xp.isfinite(images).reshape(len(images), -1).all(axis=1))
+  # Eagerly, even when called inside the caller's jit with a concrete array from outside.
+  with jax.ensure_compile_time_eval():
+    finite = np.asarray(xp.isfinite(images).reshape(len(images), -1).all(axis=1))
   if not finite.all():
     raise InputError(f'image(s) {np.flatnonzero(~finite).tolist()} contain NaN or inf')
   return images

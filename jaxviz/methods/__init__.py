@@ -3,12 +3,13 @@ key), jit-compiled, batched with vmap. They import no model code and no matplotl
 
 Each method is its per-example mathematics; `_batched` runs it over batches, devices and
 chunks, `_ascent` is the input-optimisation loop, `attribution` the attribution protocol,
-`relu_rules` the ReLU backward rules of guided backprop and the DeconvNet.
+`attacks` the pixel-budget attacks, `relu_rules` the ReLU backward rules of guided backprop and the DeconvNet.
 """
 
 from jaxviz.methods.attribution import (REDUCTIONS, attribute, attribution,
                                         attribution_maps, gradient, l2, max_abs, methods,
                                         sum_abs)
+from jaxviz.methods.attacks import AttackResult, attack_one, bim, fgsm, pgd, start_point
 from jaxviz.methods.class_visualization import (ClassVisualization, class_visualization,
                                                 class_visualization_one)
 from jaxviz.methods.fooling import FoolingResult, fooling_image, fooling_images

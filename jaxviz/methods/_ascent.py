@@ -91,14 +91,23 @@ class BlurEvery(Transform):
                         lambda x: x, x)
 
 
-class ProjectLinf(Transform):
-  """Project onto the L-infinity ball of radius epsilon around the starting image."""
+class ProjectBall(Transform):
+  """Project onto the ball ||x - center|| <= epsilon, 'linf' (clip the difference) or
+  'l2' (scale it down to length epsilon); center: None for the starting image."""
 
-  def __init__(self, epsilon):
-    self.epsilon = epsilon
+  def __init__(self, norm: str, epsilon, center=None):
+    if norm not in ('linf', 'l2'):
+      raise ValueError(f"norm must be 'linf' or 'l2', not {norm!r}")
+    self.norm, self.epsilon, self.center = norm, epsilon, center
 
   def after(self, x, t, origin):
-    return origin + jnp.clip(x - origin, -self.epsilon, self.epsilon)
+    center = origin if self.center is None else self.center
+    delta = x - center
+    if self.norm == 'linf':
+      return center + jnp.clip(delta, -self.epsilon, self.epsilon)
+    length = jnp.sqrt(jnp.sum(delta * delta))
+    scale = jnp.where(length > self.epsilon, self.epsilon / jnp.where(length > 0, length, 1), 1)
+    return center + delta * scale.astype(delta.dtype)
 
 
 def roll(image, oy, ox):
@@ -128,6 +137,23 @@ def normalized_sgd(learning_rate) -> optax.GradientTransformation:
     norm = jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(updates)))
     safe = jnp.where(norm > 0, norm, 1.0)
     return jax.tree.map(lambda g: (-(learning_rate * g) / safe).astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def sign_sgd(learning_rate) -> optax.GradientTransformation:
+  """Steps of `learning_rate` along the gradient's sign: -lr * sign(g) (a zero component
+  does not move). The step takes the gradient's dtype, as `normalized_sgd`'s.
+
+  References:
+    Goodfellow, Shlens & Szegedy, Explaining and harnessing adversarial examples, ICLR
+    2015, eq. 3 (the fast gradient sign method's step).
+  """
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda g: (-learning_rate * jnp.sign(g)).astype(g.dtype),
+                        updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
