@@ -56,17 +56,29 @@ def weights_dir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def shapes_cache(tmp_path_factory):
   """A jaxviz cache holding the trained shapes model (seed 0), trained here once per
-  session as load_model('shapes') does on a fresh machine. $JAXVIZ_TEST_SHAPES_CACHE names
-  a folder to keep it in between sessions (for development; CI always trains).
+  test run as load_model('shapes') does on a fresh machine. $JAXVIZ_TEST_SHAPES_CACHE names
+  a folder to keep it in between runs (for development; CI always trains).
 
   Training takes ~2.5 minutes on two cores: every test that uses this fixture is marked
-  slow (pytest_collection_modifyitems above)."""
+  slow (pytest_collection_modifyitems above). Under pytest-xdist the workers share one
+  folder of the run: the first to need the model trains it, holding a file lock, and the
+  others wait for it, rather than each training its own copy on the same two cores."""
+  import fcntl
+
   from jaxviz import training
-  folder = os.environ.get('JAXVIZ_TEST_SHAPES_CACHE') or str(tmp_path_factory.mktemp('shapes'))
+  folder = os.environ.get('JAXVIZ_TEST_SHAPES_CACHE')
+  if not folder:
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+      base = base.parent  # the run's folder, above every worker's own
+    folder = str(base / 'shapes_cache')
+    os.makedirs(folder, exist_ok=True)
   previous = os.environ.get('JAXVIZ_CACHE')
   os.environ['JAXVIZ_CACHE'] = folder
   try:
-    training.ensure_weights(0, progress=False)
+    with open(os.path.join(folder, '.lock'), 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+      training.ensure_weights(0, progress=False)
     yield folder
   finally:
     if previous is None:
