@@ -167,6 +167,106 @@ def fooling_figure(original_rgb01, fooled_rgb01, original_class, fooled_class, i
   return fig
 
 
+def _per_attack(values, shape: tuple[int, int], name: str) -> np.ndarray:
+  """(A, N) values (one per attack and image) as an object array; a one-line InputError
+  for any other shape."""
+  values = np.asarray(values, dtype=object)
+  if values.shape != shape:
+    raise InputError(f'{name} has shape {values.shape}, expected {shape} (attacks, images)')
+  return values
+
+
+# An attack figure's PNG size is set by its panels' pixels: about 0.85 bytes each for
+# photos and perturbations once `save` has reduced them to 256 colours (measured on
+# 224-px photos); 300,000 of them keep a figure and its titles under 300 KB.
+_ATTACK_PIXELS = 300_000
+
+
+def attack_figure(original_rgb01, adversarial_rgb01, attacks: Sequence[str],
+                  original_class, adversarial_class, success, linf, l2,
+                  suptitle: str = '', names: Sequence[str] | None = None) -> plt.Figure:
+  """`fooling_figure`'s four panels (original, adversarial image, difference, difference
+  magnified 10x) with one row per attack for each image: image 0's attacks, then image
+  1's, and so on.
+
+  The adversarial panel is titled with the attack, the predicted class and whether the
+  attack succeeded; the difference panel with the perturbation's L-infinity norm in
+  grey levels (/255) and its L2 norm, in pixel units. The differences are drawn as
+  `fooling_figure` draws them: min-max rescaled, then clip(0.5 + 10 d, 0, 1), whose grey
+  is "unchanged" and whose scale is the same in every row (8/255 shows as +-0.31).
+
+  Args:
+    original_rgb01: (N, H, W, 3) clean images, RGB in [0, 1].
+    adversarial_rgb01: (A, N, H, W, 3): attack a's image of image i at [a, i].
+    attacks: A attack names, e.g. 'PGD-Linf'.
+    original_class: N predicted class names of the clean images.
+    adversarial_class: (A, N) predicted class names.
+    success: (A, N) whether each attack met its goal.
+    linf, l2: (A, N) norms of the perturbations in pixel units ([0, 1] scale).
+    suptitle: figure title.
+    names: N image names, shown above each image's first original.
+
+  Returns:
+    A Figure of N * A rows x 4 columns.
+  """
+  original = _rgb_batch(original_rgb01, 'original_rgb01')
+  n = len(original)
+  attacks = [str(a) for a in attacks]
+  a_count = len(attacks)
+  adversarial = np.asarray(adversarial_rgb01, np.float32)
+  if adversarial.shape != (a_count, *original.shape):
+    raise InputError(f'adversarial_rgb01 has shape {adversarial.shape}, expected '
+                     f'{(a_count, *original.shape)} for {a_count} attacks')
+  adversarial = np.stack([_rgb_batch(a, f'adversarial_rgb01[{j}]')
+                          for j, a in enumerate(adversarial)])
+  original_class = _check_titles(original_class, n, 'original classes')
+  names = [''] * n if names is None else _check_titles(names, n, 'names')
+  shape = (a_count, n)
+  adversarial_class = _per_attack(adversarial_class, shape, 'adversarial_class')
+  success = _per_attack(success, shape, 'success')
+  linf = _per_attack(linf, shape, 'linf').astype(np.float64)
+  l2 = _per_attack(l2, shape, 'l2').astype(np.float64)
+  _finite(np.stack([linf, l2], axis=-1).swapaxes(0, 1), 'linf or l2 norms')  # per image
+  rows = n * a_count
+  # About one screen pixel per image pixel, within [1.6, 2.2] inches; smaller (down to
+  # 1.1 in) where the panels would hold more than _ATTACK_PIXELS image pixels in all.
+  side = original.shape[1]
+  panel = float(np.clip(side / DPI, 1.6, 2.2))
+  if 4 * rows * min(side, panel * DPI) ** 2 > _ATTACK_PIXELS:
+    panel = max(1.1, float(np.sqrt(_ATTACK_PIXELS / (4 * rows))) / DPI)
+  fontsize = 8 if panel >= 1.5 else 7
+  height = (panel + 0.35) * rows + (0.4 if suptitle else 0)  # 0.35 in: two title lines
+  fig, axes = plt.subplots(rows, 4, figsize=(4 * panel, height), squeeze=False,
+                           layout='constrained')
+  # Small images magnified: crisp pixels (smoothing them only blurs and bloats the PNG).
+  interpolation = 'nearest' if side < panel * DPI else 'antialiased'
+  chars = int(panel * 72 / (0.6 * fontsize))  # title characters a panel holds
+  short = lambda text: textwrap.shorten(str(text), chars, placeholder='...')
+  for i in range(n):
+    for j, attack in enumerate(attacks):
+      ax = axes[i * a_count + j]
+      d = adversarial[j, i] - original[i]
+      span = float(d.max() - d.min())
+      rescaled = (d - d.min()) / span if span > 0 else np.full_like(d, 0.5)
+      magnified = np.clip(0.5 + MAGNIFY * d, 0.0, 1.0)
+      heading = f'original: {names[i]}' if names[i] and j == 0 else 'original'
+      _image_axis(ax[0], original[i], interpolation=interpolation)
+      ax[0].set_title(f'{short(heading)}\n{short(original_class[i])}',
+                      fontsize=fontsize)
+      _image_axis(ax[1], adversarial[j, i], interpolation=interpolation)
+      ax[1].set_title(f'{attack}: {"success" if success[j, i] else "failed"}\n'
+                      f'{short(adversarial_class[j, i])}', fontsize=fontsize,
+                      color='black' if success[j, i] else 'firebrick')
+      _image_axis(ax[2], rescaled, interpolation=interpolation)
+      ax[2].set_title(f'difference (min-max)\nLinf {linf[j, i] * 255:.3g}/255, '
+                      f'L2 {l2[j, i]:.3g}', fontsize=fontsize)
+      _image_axis(ax[3], magnified, interpolation=interpolation)
+      ax[3].set_title(f'difference x{MAGNIFY:g}\n(0.5 + {MAGNIFY:g} d, clipped)',
+                      fontsize=fontsize)
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig
+
+
 def class_visualization_figure(images_rgb01, titles: Sequence[str], suptitle: str = '',
                                columns: int = 4) -> plt.Figure:
   """A grid of generated images, each titled (e.g. "tarantula\\n200 it., p=0.93").
@@ -259,6 +359,130 @@ def save(fig: plt.Figure, path: str, dpi: int = DPI, max_bytes: int | None = 300
     png = buffer.getvalue()
   checkpoint.atomic_write(path, lambda f: f.write(png))
   return path
+
+
+def _none_to_nan(values) -> np.ndarray:
+  """A list that may hold None (JSON's null for an undefined rate) -> float64, None as NaN."""
+  return np.asarray([np.nan if v is None else v for v in np.ravel(values)],
+                    np.float64).reshape(np.shape(values))
+
+
+def robustness_figure(linf_curves: dict, l2_curves: dict, naive: dict | None = None,
+                      suptitle: str = '') -> plt.Figure:
+  """Accuracy under attack against the budget: a Linf panel (grey levels, /255) and an
+  L2 panel (pixel units), one line per attack, with the course's fooling method marked.
+
+  Args:
+    linf_curves, l2_curves: {attack name: (epsilons (E,), accuracies (E,))}, Linf
+      epsilons in grey levels (8 for 8/255), L2 epsilons in [0, 1] pixel units. A panel
+      with no curves is left out (one of the two must have some).
+    naive: optional {'linf_255': median Linf in grey levels, 'l2': median L2,
+      'success_rate': float, 'label': legend text}: drawn on each panel as a dashed
+      vertical line at its median perturbation size and a star at 1 - success rate (the
+      share of images it did not fool). A None size is not drawn.
+    suptitle: figure title.
+
+  Returns:
+    A Figure of one or two panels, accuracy from 0 to 1.
+
+  References:
+    Madry et al., Towards deep learning models resistant to adversarial attacks, ICLR
+    2018, fig. 4 (accuracy against epsilon).
+  """
+  panels = [(curves, key, xlabel) for curves, key, xlabel in (
+      (linf_curves, 'linf_255', 'Linf epsilon (grey levels, /255)'),
+      (l2_curves, 'l2', 'L2 epsilon (pixel units in [0, 1])')) if curves]
+  if not panels:
+    raise InputError('robustness_figure needs at least one curve')
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False,
+                           layout='constrained')
+  for ax, (curves, key, xlabel) in zip(axes[0], panels):
+    for name, (eps, accuracy) in curves.items():
+      eps, accuracy = np.asarray(eps, np.float64), _none_to_nan(accuracy)
+      if eps.shape != accuracy.shape or eps.ndim != 1:
+        raise InputError(f'curve {name!r}: epsilons {eps.shape} and accuracies '
+                         f'{accuracy.shape} must be matching 1-D arrays')
+      order = np.argsort(eps)
+      ax.plot(eps[order], accuracy[order], marker='o', markersize=4, linewidth=1.4,
+              label=name)
+    size = None if naive is None else naive.get(key)
+    if size is not None and np.isfinite(size):
+      rate = naive.get('success_rate')
+      (line,) = ax.plot([size, size], [0, 1], linestyle='--', color='0.35', linewidth=1.1,
+                        label=naive.get('label', "course's fooling method, median size"))
+      if rate is not None:
+        ax.plot([size], [1 - rate], marker='*', markersize=12, color=line.get_color(),
+                linestyle='none', label=f'  not fooled by it: {1 - rate:.0%}')
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('accuracy under attack')
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(left=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7.5)
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig
+
+
+def transfer_figure(rates, names: Sequence[str], suptitle: str = '', counts=None,
+                    control=None, control_label: str = 'random noise (control)',
+                    cmap: str = 'viridis') -> plt.Figure:
+  """A transfer matrix as a heat map with its numbers: row = the model the adversarial
+  images were made on, column = the model that classifies them.
+
+  Args:
+    rates: (M, M) rates in [0, 1]; None or NaN (nothing counted) is drawn as 'n/a' on
+      grey.
+    names: M model labels.
+    suptitle: figure title.
+    counts: optional (M, M) image counts behind each rate, printed under it.
+    control: optional (M,) rates of each column's model under a perturbation nobody
+      chose (random noise of the same budget), drawn as a last row below a line.
+    control_label: that row's label.
+    cmap: colormap over [0, 1].
+
+  Returns:
+    A Figure.
+
+  References:
+    Papernot, McDaniel & Goodfellow, Transferability in machine learning, 2016, fig. 3.
+  """
+  rates = _none_to_nan(rates)
+  names = list(names)
+  m = len(names)
+  if rates.shape != (m, m):
+    raise InputError(f'rates has shape {rates.shape}, expected ({m}, {m}) for {m} names')
+  if counts is not None and np.shape(counts) != (m, m):
+    raise InputError(f'counts has shape {np.shape(counts)}, expected ({m}, {m})')
+  rows, row_names = rates, names
+  if control is not None:
+    control = _none_to_nan(control)
+    if control.shape != (m,):
+      raise InputError(f'control has shape {control.shape}, expected ({m},)')
+    rows, row_names = np.vstack([rates, control[None]]), names + [control_label]
+  side = 1.1 * m + 2.4
+  fig, ax = plt.subplots(figsize=(side + 0.8, side + 0.5 * (control is not None)),
+                         layout='constrained')
+  ax.set_facecolor('0.85')  # cells with nothing counted (masked) show grey
+  shown = ax.imshow(np.ma.masked_invalid(rows), cmap=cmap, vmin=0, vmax=1)
+  colormap = shown.get_cmap()
+  for i in range(len(rows)):
+    for j in range(m):
+      value = rows[i, j]
+      text = 'n/a' if np.isnan(value) else f'{value:.2f}'
+      if counts is not None and i < m:
+        text += f'\n(n={int(counts[i][j])})'
+      dark = not np.isnan(value) and np.mean(colormap(value)[:3]) < 0.5
+      ax.text(j, i, text, ha='center', va='center', fontsize=9,
+              color='white' if dark else 'black')
+  if control is not None:
+    ax.axhline(m - 0.5, color='white', linewidth=3)
+  ax.set_xticks(range(m), names, rotation=30, ha='right', fontsize=8)
+  ax.set_yticks(range(len(rows)), row_names, fontsize=8)
+  ax.set_xlabel('evaluated on')
+  ax.set_ylabel('made on (white-box)')
+  fig.colorbar(shown, ax=ax, shrink=0.8).ax.tick_params(labelsize=7)
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig
 
 
 def _curves(values, name: str) -> np.ndarray:
