@@ -63,18 +63,6 @@ _OVERLAY = flags.DEFINE_bool('overlay', True, 'Draw the maps over the images (je
                              '--nooverlay draws them alone in grey.')
 
 
-def check_methods(names) -> tuple[str, ...]:
-  """The --methods names, in order and without repeats; a one-line InputError for an
-  unknown one."""
-  known = jaxviz.attribution_methods()
-  names = tuple(dict.fromkeys(n.strip() for n in names))
-  unknown = [n for n in names if n not in known]
-  if unknown:
-    raise jaxviz.InputError(f'--methods: unknown method(s) {", ".join(map(repr, unknown))}; '
-                            f'known: {", ".join(known)}')
-  return names
-
-
 def method_options(name: str, *, layer, samples, noise_level, steps, rule, window, stride,
                    chunk) -> dict:
   """The keyword arguments of `jaxviz.attribution_maps` that apply to method `name`."""
@@ -92,7 +80,8 @@ def method_options(name: str, *, layer, samples, noise_level, steps, rule, windo
 def main(argv):
   del argv
   common.check_flags(__name__)
-  methods = check_methods(_METHODS.value)
+  methods = common.check_names(_METHODS.value, jaxviz.attribution_methods(), '--methods',
+                              'method')
   images = common.attribution_images(_COMMON)
   size = min(images.images.shape[1:3])
   window, stride, how = common.occluder(size, _WINDOW.value, _STRIDE.value)

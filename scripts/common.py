@@ -19,7 +19,7 @@ import optax
 from absl import logging
 
 import jaxviz
-from jaxviz import data, figures
+from jaxviz import data, figures, models as jaxviz_models, robustness
 
 logging.set_verbosity(logging.WARNING)  # hide JAX's backend-probing INFO lines
 
@@ -136,7 +136,7 @@ def resolve_model(name: str, weights: str | None, fallback: str = 'random') -> j
   cached; where that fails (no network), says so in one line and uses `fallback`:
   'random' (the same architecture, random init) or 'shapes' (the self-trained shapes
   model, trained first if not cached)."""
-  if name in jaxviz.models.SELF_TRAINED:
+  if name in jaxviz_models.SELF_TRAINED:
     return jaxviz.load_model(name, None if weights == 'imagenet' else weights)
   weights = weights or 'imagenet'
   if weights == 'imagenet' and not os.path.isfile(jaxviz.loading.imagenet_weights_path(name)):
@@ -444,3 +444,261 @@ def attribution_images(flags_) -> data.ImageSet:
   if flags_.model.value == 'shapes' and spec == 'samples':
     spec = 'shapes'
   return data.load_images(spec, flags_.image_size.value)
+
+
+# ----------------------------------------------------------------------------------------
+# scripts/attack.py: the epsilon-bounded attacks (jaxviz.methods.attacks) beside the
+# course's unbounded fooling method, and the 8-bit check of what they write.
+
+# --attacks name -> (figure and table title, norm of the budget; None: no budget).
+ATTACKS = {'fgsm': ('FGSM', 'linf'), 'bim': ('BIM', 'linf'), 'pgd': ('PGD-Linf', 'linf'),
+           'pgd_l2': ('PGD-L2', 'l2'), 'fooling': ('fooling (course)', None)}
+DEFAULT_ATTACKS = ('fgsm', 'bim', 'pgd', 'pgd_l2')
+# The default L2 budget: 3.0 at 224 x 224 (the ImageNet L2 budget of Madry et al.'s
+# robustness library; 0.5 at CIFAR's 32 px is the same per-pixel size within ~15%),
+# scaled by sqrt(H * W) / 224: the L2 norm of a perturbation of a fixed per-pixel size
+# grows as the square root of the pixel count. 3.0 at 224 px is an RMS change of
+# 3.0 / sqrt(224 * 224 * 3) = 0.0077, about 2/255 per value.
+L2_EPSILON_AT_224 = 3.0
+
+
+def parse_epsilon(text: str, flag: str = '--epsilon', maximum: float | None = None) -> float:
+  """A budget or step size in pixel units from a number ('0.03') or a fraction ('8/255').
+
+  Raises a one-line InputError for anything else: text that is neither, a zero
+  denominator, NaN, inf, a negative value, or one above `maximum` (for the L-infinity
+  budget, 1: the whole pixel range; 8 there is 8/255 written in 0-255 units).
+  """
+  parts = str(text).split('/')
+  try:
+    if len(parts) > 2:
+      raise ValueError(text)
+    values = [float(p) for p in parts]
+  except ValueError:
+    raise jaxviz.InputError(f'{flag}={text!r}: expected a number or a fraction such as '
+                            '8/255 (pixel units, [0, 1] scale)') from None
+  if not all(math.isfinite(v) for v in values):
+    raise jaxviz.InputError(f'{flag}={text!r} must be finite')
+  if len(values) == 2 and values[1] == 0:
+    raise jaxviz.InputError(f'{flag}={text!r} divides by zero')
+  value = values[0] / values[1] if len(values) == 2 else values[0]
+  if value < 0:
+    raise jaxviz.InputError(f'{flag}={text} is negative: a budget or step size is >= 0')
+  if maximum is not None and value > maximum:
+    raise jaxviz.InputError(f'{flag}={text} is more than {maximum:g}, the whole pixel range '
+                            f'(pixel units are in [0, 1]: did you mean {text}/255?)')
+  return value
+
+
+def default_epsilon_l2(height: int, width: int) -> float:
+  """The default L2 budget of (height, width) images: L2_EPSILON_AT_224 * sqrt(H W) / 224
+  (3.0 at 224 px, 0.857 at 64 px)."""
+  return L2_EPSILON_AT_224 * math.sqrt(height * width) / 224
+
+
+def check_names(names, known, flag: str, what: str) -> tuple[str, ...]:
+  """A list flag's names (--methods, --attacks), in order and without repeats; a one-line
+  InputError naming the unknown ones and the `known` ones."""
+  names = tuple(dict.fromkeys(n.strip() for n in names))
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise jaxviz.InputError(f'{flag}: unknown {what}(s) {", ".join(map(repr, unknown))}; '
+                            f'known: {", ".join(known)}')
+  return names
+
+
+def run_attacks(model: jaxviz.Model, images: np.ndarray, labels: np.ndarray, attacks, *,
+                targeted: bool, epsilon: float, epsilon_l2: float, steps: int,
+                step_size: float, step_size_l2: float, early_stop: bool, seed: int,
+                fooling_lr: float = 1.0, fooling_iterations: int = 100) -> dict:
+  """Each attack of `attacks` (names of ATTACKS) on uint8 images, with a progress bar
+  for BIM and PGD (fooling_images reports no progress).
+
+  Args:
+    labels: (N,) classes to leave, or with targeted=True to reach.
+    epsilon, step_size: the L-infinity attacks' budget and step (pixel units); FGSM's
+      one step is epsilon.
+    epsilon_l2, step_size_l2: PGD-L2's.
+    seed: the PRNG seed of PGD's random starts (each PGD attack gets the same key).
+    fooling_lr, fooling_iterations: the course's fooling method (targeted only; score
+      ascent, no budget, no pixel box).
+
+  Returns:
+    {name: dict of numpy arrays}: `pixels` (N, H, W, 3) the adversarial images in [0, 1]
+    (fooling's clipped to the box, as a display or a file must), `steps`, `success`,
+    `stalled`, `predicted`, and `linf`, `l2`: norms of the perturbation the model saw, in
+    pixel units (fooling's unclipped), plus `seconds`.
+  """
+  x = model.preprocess(images)
+  clean = images.astype(np.float32) / 255
+  mean, std = np.asarray(model.mean, np.float32), np.asarray(model.std, np.float32)
+  key = jax.random.key(seed)
+  runs = {}
+  for name in attacks:
+    title, norm = ATTACKS[name]
+    start = time.perf_counter()
+    if name == 'fooling':
+      r = _wait(jaxviz.fooling_images(model.apply, model.params, x, labels, fooling_lr,
+                                      fooling_iterations, 'score',
+                                      cpu_kernels=model.cpu_kernels))
+      seen = np.asarray(r.images) * std + mean
+      delta = (seen - clean).reshape(len(images), -1)
+      run = dict(pixels=np.clip(seen, 0, 1), steps=r.iterations, success=r.fooled,
+                 stalled=r.stalled, predicted=r.predicted, linf=np.abs(delta).max(axis=1),
+                 l2=np.linalg.norm(delta, axis=1))
+    else:
+      budget = epsilon_l2 if norm == 'l2' else epsilon
+      kwargs = dict(epsilon=budget, norm=norm, targeted=targeted,
+                    cpu_kernels=model.cpu_kernels)
+      if name == 'fgsm':
+        r = _wait(jaxviz.fgsm(model, model.params, x, labels, **kwargs))
+      else:
+        kwargs.update(steps=steps, step_size=step_size_l2 if norm == 'l2' else step_size,
+                      early_stop=early_stop)
+        if name != 'bim':
+          kwargs['key'] = key
+        method = jaxviz.bim if name == 'bim' else jaxviz.pgd
+        with progress_bar(steps, title) as progress:
+          r = _wait(method(model, model.params, x, labels, progress=progress, **kwargs))
+      run = {k: getattr(r, k) for k in ('pixels', 'steps', 'success', 'stalled',
+                                        'predicted', 'linf', 'l2')}
+    run['seconds'] = time.perf_counter() - start
+    runs[name] = {k: np.asarray(v) for k, v in run.items()}
+  return runs
+
+
+def write_png(path: str, image: np.ndarray) -> str:
+  """Writes one uint8 (H, W, 3) image as an RGB PNG, atomically."""
+  from PIL import Image
+  jaxviz.checkpoint.atomic_write(path, lambda f: Image.fromarray(image, 'RGB').save(
+      f, format='PNG'))
+  return path
+
+
+def check_saved(model: jaxviz.Model, original: np.ndarray, pixels: np.ndarray,
+                labels: np.ndarray, targeted: bool, paths) -> dict:
+  """Writes each adversarial image as an 8-bit PNG, reads it back from disk and
+  classifies it again: rounding to 8 bits (and fooling's clipping to the box) can undo
+  an attack.
+
+  Args:
+    original: (N, H, W, 3) uint8 clean images.
+    pixels: (N, H, W, 3) adversarial images in [0, 1].
+    labels, targeted: as `run_attacks`'.
+    paths: N files to write.
+
+  Returns:
+    A dict of numpy arrays: `uint8` (the images read back), `predicted`, `success` (the
+    file still misclassified, or classified as the target), and `linf`, `l2`: the file's
+    perturbation in pixel units. With an 8-bit original and epsilon a multiple of 1/255,
+    `linf` stays within epsilon: rounding cannot cross a multiple of 1/255.
+  """
+  written = np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+  read = []
+  for path, image in zip(paths, written):
+    write_png(path, image)
+    read.append(data.load_image(path, size=None))
+  read = np.stack(read)
+  predicted = predict(model, model.preprocess(read))
+  delta = (read.astype(np.float64) - original.astype(np.float64)).reshape(len(read), -1) / 255
+  return dict(uint8=read, predicted=predicted, success=(predicted == labels) == targeted,
+              linf=np.abs(delta).max(axis=1), l2=np.linalg.norm(delta, axis=1))
+
+
+def attack_plot(model: jaxviz.Model, original: np.ndarray, clean_predicted: np.ndarray,
+                runs: dict, names, suptitle: str, image: int | None = None):
+  """figures.attack_figure of `run_attacks`' runs on uint8 `original` images, whose
+  classes are `clean_predicted`: all of them, or only image number `image`."""
+  attacks = list(runs)
+  clean = clean_predicted
+  if image is not None:
+    keep = slice(image, image + 1)
+    original, names, clean = original[keep], names[keep], clean[keep]
+    runs = {a: {k: v[keep] for k, v in r.items() if k != 'seconds'} for a, r in runs.items()}
+  cls = lambda k: model.class_names[k]
+  return figures.attack_figure(
+      original / 255.0, np.stack([runs[a]['pixels'] for a in attacks]),
+      [ATTACKS[a][0] for a in attacks], [cls(k) for k in clean],
+      [[cls(k) for k in runs[a]['predicted']] for a in attacks],
+      np.stack([runs[a]['success'] for a in attacks]),
+      np.stack([runs[a]['linf'] for a in attacks]),
+      np.stack([runs[a]['l2'] for a in attacks]), suptitle, names=list(names))
+
+
+# ----------------------------------------------------------------------------------------
+# scripts/robustness.py and scripts/transfer.py (and make_figures.py): the studies of
+# robustness.
+
+
+def define_study_flags(script: str, seed_help: str):
+  """The flags scripts/robustness.py and scripts/transfer.py share; returns their holders."""
+  from absl import flags
+  return types.SimpleNamespace(
+      weights=flags.DEFINE_string(
+          'weights', None, "Every model's weights. Default: 'trained' for shapes, "
+          "'imagenet' for the others (random init with a note when it cannot be had); or "
+          "'random', or a weights file."),
+      images=flags.DEFINE_string(
+          'images', None, "Labelled images: 'samples', an .npz with `images` and `labels`. "
+          "Default: generated held-out images for shapes models, 'samples' otherwise."),
+      image_size=flags.DEFINE_integer(
+          'image_size', 224, 'Side the --images are resized and centre-cropped to (.npz '
+          'images are used as they are).', lower_bound=16),
+      data_seed=flags.DEFINE_integer(
+          'data_seed', 1000, "Seed of the shapes models' generated images (not one they "
+          'trained or were tested on).', lower_bound=0),
+      num_images=flags.DEFINE_integer('num_images', 200, 'Images to attack (0: all of '
+                                      '--images).', lower_bound=0),
+      chunk_size=flags.DEFINE_integer('chunk_size', 0, "Images per attack loop (0: the "
+                                      "methods' default, 1 on CPU).", lower_bound=0),
+      seed=flags.DEFINE_integer('seed', 0, seed_help, lower_bound=0),
+      output_dir=flags.DEFINE_string('output_dir', os.path.join('outputs', script),
+                                     f'Where {script}.json, the figure and the manifest go.'),
+  )
+
+
+def model_from_spec(spec: str, weights: str | None) -> jaxviz.Model:
+  """A model from 'NAME[:SEED]': the shapes model of training seed SEED, or an
+  architecture (SEED: its random init's seed with weights='random')."""
+  name, seed = robustness.parse_model_spec(spec)
+  if name in jaxviz_models.SELF_TRAINED:
+    return jaxviz.load_model(name, weights, seed=seed)
+  if weights == 'random':
+    return jaxviz.load_model(name, 'random', seed=seed)
+  return resolve_model(name, weights)
+
+
+def robustness_plot(report: dict, title: str):
+  """figures.robustness_figure of a `robustness.robust_accuracy` report: accuracy
+  against epsilon per attack (Linf and L2 panels), the course's method marked."""
+  linf, l2 = {}, {}
+  for name, r in report['attacks'].items():
+    label = f'{name} ({r["steps"]} step{"s" if r["steps"] > 1 else ""})'
+    if r['norm'] == 'linf':
+      linf[label] = (r['epsilons_255'], r['accuracy'])
+    else:
+      l2[label] = (r['epsilons'], r['accuracy'])
+  naive = report.get('naive')
+  marked = None
+  if naive:
+    marked = {'linf_255': naive['linf_255']['median'], 'l2': naive['l2']['median'],
+              'success_rate': naive['success_rate'],
+              'label': f"course's fooling (lr {naive['learning_rate']:g}, "
+                       f"{naive['iterations']} it.): median size when it succeeds"}
+  return figures.robustness_figure(linf, l2, marked, title)
+
+
+def transfer_plot(report: dict, attack: str, epsilon: float, source: str, models,
+                  prefix: str = ''):
+  """figures.transfer_figure of a `robustness.transfer_matrix` report; `prefix` starts
+  its title."""
+  norm = robustness.ATTACKS[attack].norm
+  budget = f'{epsilon * 255:.3g}/255' if norm == 'linf' else f'L2 {epsilon:.3g}'
+  random = any(m.metadata.get('source') == 'random' for m in models)
+  title = (f'{prefix}{attack} ({budget}, {report["steps"]} step(s)): share of the images both '
+           f'models classify correctly that are misclassified, {report["images"]} images '
+           f'({source})' + ('; random weights, numbers meaningless' if random else ''))
+  noise = 'random +-epsilon' if norm == 'linf' else 'random direction'
+  return figures.transfer_figure(report['rate'], report['models'], title,
+                                 counts=report['pairs'], control=report['random_control'],
+                                 control_label=f'{noise} (control)')

@@ -3,9 +3,11 @@
   python scripts/make_figures.py [--weights=imagenet] [--output_dir=outputs/figures]
       [--models=squeezenet1_1,vgg16] [--quick]
 
-Figures 17-20 go beyond the report: the attribution methods side by side
+Figures 17-24 go beyond the report: the attribution methods side by side
 (scripts/attribution.py) and Zeiler & Fergus's occlusion panels (scripts/occlusion.py), on
-SqueezeNet and on the self-trained shapes model.
+SqueezeNet and on the self-trained shapes model; FGSM, BIM and PGD at one budget
+(scripts/attack.py) on both; robust accuracy against the budget (scripts/robustness.py)
+and the transfer matrix of two shapes models (scripts/transfer.py).
 
 Writes figNN_*.png, index.html and index.md (each figure with its caption and the
 single-script command that makes the same picture), summary.json (the numbers quoted in
@@ -27,7 +29,7 @@ import numpy as np
 from absl import app, flags
 
 import jaxviz
-from jaxviz import data, figures
+from jaxviz import data, figures, robustness
 import common
 
 _WEIGHTS = flags.DEFINE_string(
@@ -57,6 +59,8 @@ SWEEP_TARGETS = ('tarantula', 'gorilla')
 PHOTO, PHOTO_CLASS = 'chelsea', 'tabby'
 # scripts/attribution.py's SmoothGrad samples and integrated-gradients steps.
 SMOOTHGRAD_SAMPLES, IG_STEPS = 50, 50
+# scripts/attack.py's, robustness.py's and transfer.py's steps, images and data seed.
+ATTACK_STEPS, ROBUSTNESS_IMAGES, DATA_SEED = 10, 200, 1000
 
 
 @dataclasses.dataclass
@@ -324,6 +328,112 @@ class Maker:
                  'lowest_probability': float(one.probability.min())}),
         f'occlusion_{model_name}_{images.names[i]}', fig)
 
+  def attacks(self, number: int, model_name: str):
+    """scripts/attack.py's figure: FGSM, BIM, PGD-Linf and PGD-L2 on the first image at
+    one budget (8/255; L2 scaled to the image), untargeted from its label."""
+    model = self.shapes_model() if model_name == 'shapes' else self.model(model_name)
+    images = data.load_images('shapes', 64) if model_name == 'shapes' else self.images()
+    image = images.images[:1]
+    labels = (common.class_indices(model, images.labels[:1]) if images.labels is not None
+              else common.predict(model, model.preprocess(image)))
+    steps, epsilon = self.iterations(ATTACK_STEPS), 8 / 255
+    epsilon_l2 = common.default_epsilon_l2(*image.shape[1:3])
+    runs = common.run_attacks(
+        model, image, labels, common.DEFAULT_ATTACKS, targeted=False, epsilon=epsilon,
+        epsilon_l2=epsilon_l2, steps=steps, step_size=2.5 * epsilon / steps,
+        step_size_l2=2.5 * epsilon_l2 / steps, early_stop=False, seed=self.seed)
+    clean = common.predict(model, model.preprocess(image))
+    what = 'the self-trained shapes model' if model_name == 'shapes' else model_name
+    title = f'{what}: FGSM, BIM, PGD-Linf and PGD-L2 at 8/255 (L2 {epsilon_l2:.3g})'
+    fig = common.attack_plot(model, image, clean, runs, images.names[:1],
+                             f'Figure {number}: {title}, {steps} steps, untargeted '
+                             f'({common.weights_label(model)})')
+    outcome = {a: {'success': bool(r['success'][0]), 'predicted': model.class_names[
+        r['predicted'][0]], 'linf_255': float(r['linf'][0] * 255), 'l2': float(r['l2'][0])}
+        for a, r in runs.items()}
+    flag_values = {'steps': steps} if steps != ATTACK_STEPS else {}
+    self.save(Entry(
+        number, title,
+        f'Each row: the original {images.names[0]!r} ({model.class_names[clean[0]]}), the '
+        f'adversarial image, the difference (min-max rescaled) and the difference x10, as '
+        f'the course draws fooling images; budgets in pixel units, step 2.5 x budget / '
+        f'{steps}. ' + '; '.join(
+            f'{common.ATTACKS[a][0]}: {"success" if o["success"] else "failure"}, '
+            f'{o["predicted"]}, Linf {o["linf_255"]:.3g}/255, L2 {o["l2"]:.3g}'
+            for a, o in outcome.items()) + '.',
+        command=self.model_command('attack', model_name, model, **flag_values),
+        numbers=outcome), f'attacks_{model_name}', fig)
+
+  def shapes_seed(self, seed: int) -> jaxviz.Model:
+    """The shapes model of training seed `seed`, as `shapes_model` loads seed 0."""
+    if seed == 0:
+      return self.shapes_model()
+    key = f'shapes:{seed}'
+    if key not in self.loaded:
+      model = None
+      if self.shapes_model().metadata.get('source') != 'random':
+        try:
+          model = jaxviz.load_model('shapes', 'trained', seed=seed,
+                                    train_if_missing=self.divisor == 1)
+        except jaxviz.WeightsError:
+          print(f'note: no trained shapes model of seed {seed} is cached and quick mode does '
+                'not train one; using random init', file=sys.stderr)
+      self.loaded[key] = model or jaxviz.load_model('shapes', 'random', seed=seed)
+    return self.loaded[key]
+
+  def attack_studies(self, numbers):
+    """scripts/robustness.py's and scripts/transfer.py's figures on the shapes models."""
+    model = self.shapes_model()
+    count = max(20, ROBUSTNESS_IMAGES // self.divisor)
+    steps = self.iterations(ATTACK_STEPS)
+    images, labels, source = robustness.labelled_images(None, True, count, DATA_SEED)
+    labels = common.class_indices(model, labels)
+    report = robustness.robust_accuracy(model, images, labels, steps=steps, seed=self.seed)
+    weights = common.weights_label(model)
+    title = 'the self-trained shapes model: accuracy against the attack budget'
+    flags_ = {'num_images': count} if count != ROBUSTNESS_IMAGES else {}
+    flags_.update({'steps': steps} if steps != ATTACK_STEPS else {})
+    pgd = report['attacks']['pgd']
+    self.save(Entry(
+        numbers[0], title,
+        f'Untargeted FGSM, PGD-Linf and PGD-L2 ({steps} steps) on {report["images"]} '
+        f'held-out images ({source}); clean accuracy {report["clean_accuracy"]:.3f}. '
+        f'PGD-Linf accuracy at ' + ', '.join(
+            f'{e:.3g}/255: {a:.3f}' for e, a in zip(pgd['epsilons_255'], pgd['accuracy']))
+        + f'. The course\'s fooling method succeeds on {report["naive"]["success_rate"]:.3f} '
+        f'of the images with a median Linf of {report["naive"]["linf_255"]["median"]:.3g}/255 '
+        f'(marked).',
+        command=shlex.join(['python', 'scripts/robustness.py', *(
+            f'--{k}={v}' for k, v in flags_.items()), *(
+            ['--weights=random'] if model.metadata.get('source') == 'random' else [])]),
+        numbers={'clean_accuracy': report['clean_accuracy'], 'pgd_accuracy': pgd['accuracy'],
+                 'naive_success_rate': report['naive']['success_rate']}),
+        'robustness_shapes', common.robustness_plot(report, f'Figure {numbers[0]}: {title} '
+                                                             f'({weights})'))
+    models = [model, self.shapes_seed(1)]
+    names = ['shapes:0', 'shapes:1']
+    report = robustness.transfer_matrix(models, images, labels, attack='pgd',
+                                        epsilon=8 / 255, steps=steps, seed=self.seed,
+                                        names=names)
+    title = 'PGD-Linf adversarials of one shapes model classified by another'
+    fig = common.transfer_plot(report, 'pgd', 8 / 255, source, models,
+                               prefix=f'Figure {numbers[1]}: ')
+    command = shlex.join(['python', 'scripts/transfer.py', *(
+        [f'--num_images={count}'] if count != ROBUSTNESS_IMAGES else []), *(
+        [f'--steps={steps}'] if steps != ATTACK_STEPS else []), *(
+        ['--weights=random'] if model.metadata.get('source') == 'random' else [])])
+    rate, noise = report['rate'], report['random_control']
+    share = lambda r: 'n/a' if r is None else f'{r:.3f}'  # None: no image to count
+    self.save(Entry(
+        numbers[1], title,
+        f'Shapes models of training seeds 0 and 1, PGD-Linf at 8/255 ({steps} steps) on '
+        f'the images both classify correctly: white-box success {share(rate[0][0])} and '
+        f'{share(rate[1][1])}, transfer 0 -> 1 {share(rate[0][1])}, 1 -> 0 '
+        f'{share(rate[1][0])}; random noise of the same budget: {share(noise[0])} and '
+        f'{share(noise[1])}.',
+        command=command, numbers={'rate': rate, 'random_control': report['random_control']}),
+        'transfer_shapes', fig)
+
   def run(self):
     plan = [
         ('squeezenet1_1', (1, 2), 'saliency', lambda: (
@@ -347,9 +457,15 @@ class Maker:
          lambda: self.attribution((17, 18), 'squeezenet1_1')),
         ('shapes', (19, 20), 'attribution methods and occlusion on the shapes model',
          lambda: self.attribution((19, 20), 'shapes')),
+        ('squeezenet1_1', (21,), 'attacks at one budget', lambda: self.attacks(21, 'squeezenet1_1')),
+        ('shapes', (22,), 'attacks at one budget on the shapes model',
+         lambda: self.attacks(22, 'shapes')),
+        ('shapes', (23, 24), 'robust accuracy and transfer on the shapes models',
+         lambda: self.attack_studies((23, 24))),
     ]
     for model_name, numbers, title, make in plan:
-      label = f'figures {numbers[0]}-{numbers[-1]}'
+      label = (f'figures {numbers[0]}-{numbers[-1]}' if len(numbers) > 1
+               else f'figure {numbers[0]}')
       if model_name not in self.models:
         print(f'{label}: {title}: skipped ({model_name} not in --models)', flush=True)
         self.skip(numbers, title, model_name)

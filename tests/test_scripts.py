@@ -368,3 +368,123 @@ def test_attribution_and_occlusion_bad_input_is_a_one_line_error(attribution_run
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-2000:]
   assert message in lines[0]
+
+
+# scripts/attack.py: its own runs (and compilation cache), so that `-k attack` does not wait
+# for the runs above.
+
+# Float32 slack of a budget check on pixels compared with the uint8 originals / 255: the
+# attack's clean pixels are clip(x * std + mean) of the preprocessed images (a few 1e-8
+# from u / 255), plus one rounding of the final addition (6e-8); 1e-6 is 10x that.
+PIXEL_ATOL = 1e-6
+
+
+@pytest.fixture(scope='module')
+def attack_runs(tmp_path_factory, inputs):
+  out = tmp_path_factory.mktemp('attack_outputs')
+  runs = _Runs(_env(str(tmp_path_factory.mktemp('attack_xla_cache'))))
+  common = ['--weights=random', '--image_size=64']
+  # Each attack compiles its own program (seconds each): SqueezeNet runs one L-infinity
+  # and one L2 attack, the small shapes model the iterative L-infinity ones and the
+  # course's fooling method, targeted. The two one-line errors come before any model.
+  runs.start('attack', 'attack', *common, f'--images={inputs["npz"]}', '--num_images=0',
+             '--attacks=fgsm,pgd_l2', '--steps=2', f'--output_dir={out / "attack"}')
+  runs.start('attack_junk_epsilon', 'attack', *common, '--epsilon=junk')
+  runs.start('attack_negative_epsilon', 'attack', *common, '--epsilon=-8/255')
+  runs.start('attack_shapes', 'attack', '--model=shapes', '--weights=random',
+             '--targeted', '--target=ring', '--attacks=bim,pgd,fooling', '--steps=3',
+             '--fooling_iterations=3', '--epsilon=0.05', f'--output_dir={out / "shapes"}')
+  runs.out = out
+  yield runs
+  runs.stop()
+
+
+def test_attack_stays_in_the_budget_and_checks_the_saved_pngs(attack_runs, inputs):
+  result = _ok(attack_runs, 'attack')
+  folder = attack_runs.out / 'attack'
+  manifest = _manifest(folder)
+  assert manifest['figures'] == ['attack_image0.png', 'attack_image1.png']
+  for png in manifest['figures']:
+    _png_size(folder / png)
+    assert os.path.getsize(folder / png) < 300_000
+  epsilon, epsilon_l2 = 8 / 255, 3.0 * 64 / 224  # the defaults at 64 px
+  assert manifest['epsilon'] == pytest.approx(epsilon, rel=1e-12)
+  assert manifest['epsilon_l2'] == pytest.approx(epsilon_l2, rel=1e-12)
+  assert manifest['epsilon_l2_chosen'] == 'default'
+  assert list(manifest['seconds']) == ['fgsm', 'pgd_l2']
+  with np.load(folder / 'results.npz') as r:
+    assert r['attacks'].tolist() == ['fgsm', 'pgd_l2']
+    assert r['norm'].tolist() == ['linf', 'l2']
+    np.testing.assert_allclose(r['epsilon'], [epsilon, epsilon_l2], rtol=1e-12)
+    assert np.array_equal(r['original'], inputs['images'])
+    assert r['labels'].tolist() == [_class('tabby'), 7]  # the .npz's labels
+    assert r['pixels'].shape == (2, 2, 64, 64, 3)
+    assert ((0 <= r['pixels']) & (r['pixels'] <= 1)).all()
+    delta = (r['pixels'] - inputs['images'] / 255).reshape(2, 2, -1)
+    linf, l2 = np.abs(delta).max(axis=-1), np.linalg.norm(delta, axis=-1)
+    # The recorded norms are those of the saved images; each image lies in its ball.
+    np.testing.assert_allclose(r['linf'], linf, atol=PIXEL_ATOL)
+    np.testing.assert_allclose(r['l2'], l2, rtol=1e-5, atol=1e-5)
+    # FGSM moves every pixel whose gradient is not zero by the whole budget.
+    np.testing.assert_allclose(linf[0], epsilon, atol=PIXEL_ATOL)
+    # L2: 12,288 float32 terms summed, a relative 1e-5 at most.
+    assert (l2[1] <= epsilon_l2 * (1 + 1e-5)).all()
+    assert r['steps'].tolist() == [[1, 1], [2, 2]]
+    assert np.array_equal(r['success'], r['predicted'] != r['labels'])
+    # The 8-bit check: what was read back is what the files hold, the rounded images,
+    # and its verdict follows its own predictions.
+    files = r['files']
+    assert files.tolist() == [['image0_fgsm.png', 'image1_fgsm.png'],
+                              ['image0_pgd_l2.png', 'image1_pgd_l2.png']]
+    for a in range(2):
+      for i in range(2):
+        with Image.open(folder / files[a, i]) as png:
+          assert png.mode == 'RGB'
+          assert np.array_equal(np.asarray(png), r['uint8'][a, i])
+    assert np.array_equal(r['uint8'], np.round(r['pixels'] * 255).astype(np.uint8))
+    assert np.array_equal(r['uint8_success'], r['uint8_predicted'] != r['labels'])
+    grey_levels = np.abs(r['uint8'].astype(int) - inputs['images']).reshape(2, 2, -1).max(-1)
+    np.testing.assert_allclose(r['uint8_linf'], grey_levels / 255, rtol=1e-12)
+    # 8/255 is a whole number of grey levels: rounding keeps FGSM's PNGs in the budget.
+    assert grey_levels[0].tolist() == [8, 8]
+  for name in ('image0', 'image1'):
+    for title in ('FGSM', 'PGD-L2'):  # the table: a line per image and attack
+      assert any(line.split()[:2] == [name, title] for line in result.stdout.splitlines())
+  assert 'Linf at most 8/255 (within the budget' in result.stdout
+  assert '2/2' in result.stderr  # PGD-L2's progress bar
+
+
+def test_attack_targeted_on_shapes_with_the_fooling_method(attack_runs):
+  result = _ok(attack_runs, 'attack_shapes')
+  folder = attack_runs.out / 'shapes'
+  manifest = _manifest(folder)
+  assert manifest['figures'] == ['attack_shape0.png']  # --images=samples: shapes images
+  assert os.path.getsize(folder / 'attack_shape0.png') < 300_000
+  assert manifest['label_source'] == '--target'
+  with np.load(folder / 'results.npz') as r:
+    assert r['attacks'].tolist() == ['bim', 'pgd', 'fooling'] and bool(r['targeted'])
+    assert r['original'].shape == (1, 64, 64, 3)
+    assert r['labels'].tolist() == [jaxviz.shapes.CLASS_NAMES.index('ring')]
+    assert np.array_equal(r['success'], r['predicted'] == r['labels'])
+    assert np.array_equal(r['uint8_success'], r['uint8_predicted'] == r['labels'])
+    assert r['norm'].tolist() == ['linf', 'linf', 'none'] and np.isinf(r['epsilon'][2])
+    linf = np.abs(r['pixels'][:2] - r['original'] / 255).reshape(2, -1).max(-1)
+    assert (linf <= 0.05 + PIXEL_ATOL).all()
+    # 0.05 is 12.75 grey levels: rounding may reach 13, never more.
+    assert (r['uint8_linf'][:2] * 255 <= 13 + 1e-9).all()
+    assert r['steps'][:2].tolist() == [[3], [3]] and 0 <= r['steps'][2, 0] <= 3
+  assert 'not a whole number of grey levels' in result.stdout
+  assert 'fooling (course)' in result.stdout
+
+
+@pytest.mark.parametrize('name, message', [
+    ('attack_junk_epsilon', "--epsilon='junk': expected a number or a fraction such as "
+                            '8/255'),
+    ('attack_negative_epsilon', '--epsilon=-8/255 is negative'),
+])
+def test_attack_bad_epsilon_is_a_one_line_error(attack_runs, name, message):
+  result = attack_runs.result(name)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-2000:]
+  assert message in lines[0]
