@@ -1,7 +1,8 @@
 """jaxviz against the course's PyTorch eager code, in one process, on this machine.
 
   python scripts/benchmark.py [--models=squeezenet1_1,vgg16] [--repeats=3] [--quick]
-      [--threads=N] [--cpu_kernels=model|xla|eigen] [--conv_profile_batch=B]
+      [--workloads=methods,gradient_step,attacks] [--threads=N]
+      [--cpu_kernels=model|xla|eigen] [--conv_profile_batch=B]
       [--output_json=outputs/benchmark.json]
 
 Both sides get the same random-init torchvision weights (float32, converted for jaxviz)
@@ -20,10 +21,21 @@ hits both alike (medians of --repeats rounds, after one warm-up call each):
      and torch);
   3. the gradient step's throughput (images/s) against batch size;
   4. the cost of a step inside jaxviz's loops against the same gradient step jitted on
-     its own (batch 1 of item 3): fooling's time per image-step and class
-     visualisation's time per step, divided by it. Near 1 the loops add nothing; XLA:CPU
-     once made it 1.5-2.7 (see jaxviz/_xla_cpu/canonical.py).
-  5. with --conv_profile_batch=B, a profile of the gradient step at batch B: every
+     its own (batch 1 of item 3): fooling's time per image-step, class visualisation's
+     per step and PGD's per image-step (item 5), divided by it. Near 1 the loops add
+     nothing; XLA:CPU once made it 1.5-2.7 (see jaxviz/_xla_cpu/canonical.py).
+  5. the attacks on a batch of --attack_batch images (untargeted, away from the model's
+     own predictions): FGSM, and PGD with L-infinity and L2 budgets for a fixed
+     --attack_steps (random start, no early stop), against tests/torch_attacks.py (one
+     batched backward per step, as attack libraries do); jaxviz with its default
+     chunking (one loop per image on CPU) or --chunk_size. Both sides start PGD from the
+     same random point of the ball (jaxviz's start_point, drawn outside the timing for
+     torch). The adversarial images are compared: the fraction of pixels within 1e-5 of
+     each other and the largest difference (reported, not asserted: in float32 a
+     near-zero gradient component can take the other sign, which moves that pixel by
+     two step sizes, and an iterate within rounding of a ReLU or max-pool kink gets a
+     gradient that differs by percents, which changes every later step).
+  6. with --conv_profile_batch=B, a profile of the gradient step at batch B: every
      convolution of its program (forward and input gradient) compiled and timed alone at
      its own shapes with the same kernels, their sum against the whole step, so the rest
      is what the step spends outside the convolutions; and the largest of them with
@@ -31,7 +43,9 @@ hits both alike (medians of --repeats rounds, after one warm-up call each):
 
 Memory: "max RSS" is the process's peak resident set (getrusage) after a workload's first
 calls; it never goes down, so its growth is attributable to a workload only when that
-workload sets a new peak. Prints fixed-width tables; writes JSON to --output_json.
+workload sets a new peak. --workloads picks the groups that run: methods (item 1),
+gradient_step (items 2-4; item 4 also needs methods or attacks) and attacks (item 5). Prints
+fixed-width tables; writes JSON to --output_json.
 """
 
 import json
@@ -71,8 +85,21 @@ _FOOLING_LR = flags.DEFINE_float(
     'sides take exactly --fooling_steps steps.')
 _CLASSVIZ_STEPS = flags.DEFINE_integer('classviz_steps', 100, 'Class visualisation steps.',
                                        lower_bound=1)
+_ATTACK_BATCH = flags.DEFINE_integer('attack_batch', 8, 'Images per attack call.',
+                                     lower_bound=1)
+_ATTACK_STEPS = flags.DEFINE_integer('attack_steps', 10, 'PGD steps (no early stop).',
+                                     lower_bound=1)
+_ATTACK_EPSILON = flags.DEFINE_float('attack_epsilon', 8 / 255,
+                                     'L-infinity budget of FGSM and PGD, pixel units.')
+_ATTACK_L2_EPSILON = flags.DEFINE_float('attack_l2_epsilon', 1.0,
+                                        'L2 budget of PGD-L2, pixel units.')
+WORKLOADS = ('methods', 'gradient_step', 'attacks')
+_WORKLOADS = flags.DEFINE_list(
+    'workloads', list(WORKLOADS), 'What to run: methods (saliency, fooling, class '
+    'visualisation), gradient_step (FLOP rate, throughput by batch size, loop step), '
+    'attacks (FGSM, PGD-Linf, PGD-L2).')
 _CHUNK_SIZE = flags.DEFINE_integer(
-    'chunk_size', None, "Images per loop in jaxviz's fooling and class visualisation "
+    'chunk_size', None, "Images per loop in jaxviz's fooling, class visualisation and attacks "
     '(default: the library default, 1 on CPU).', lower_bound=1)
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median) after the warm-up.',
                                 lower_bound=1)
@@ -82,8 +109,8 @@ _GEMM_SIZE = flags.DEFINE_integer('gemm_size', 2048, 'n of the n x n x n GEMM re
                                   lower_bound=1)
 _QUICK = flags.DEFINE_bool(
     'quick', False, 'Smoke test: 64x64 images, 1 repeat, 5 class-visualisation steps, 2 '
-    'fooling images of 2 steps, batch sizes 1,4, saliency batch 4, GEMM 512, convolution '
-    'profile at batch 2.')
+    'fooling images of 2 steps, attacks on 2 images with 2 PGD steps, batch sizes 1,4, '
+    'saliency batch 4, GEMM 512, convolution profile at batch 2 (with gradient_step).')
 _THREADS = flags.DEFINE_integer('threads', None, 'torch.set_num_threads (default: '
                                 "torch's own).", lower_bound=1)
 _OMP_WAIT_POLICY = flags.DEFINE_enum(
@@ -249,6 +276,88 @@ def targets_with_gradient(logits: np.ndarray) -> np.ndarray:
   return targets.astype(np.int32)
 
 
+def agreement(jax_pixels, torch_pixels, clean) -> dict:
+  """How far jaxviz's adversarial pixels (NHWC) are from torch's (NCHW): the fractions of
+  pixels and of whole images within 1e-5 (float32 rounding of a few additions is ~1e-7),
+  the largest difference, and the relative difference of the perturbations.
+
+  Where they part, float32 noise has decided a discontinuity of the gradient: a sign step
+  taken the other way on a near-zero component moves that pixel by 2 step sizes, and an
+  iterate that lands within rounding of a ReLU or max-pool kink gets a gradient that
+  differs by percents (then so do all later steps of that image)."""
+  j = np.asarray(jax_pixels, np.float64)
+  t = np.asarray(torch_pixels, np.float64).transpose(0, 2, 3, 1)
+  delta_t = t - np.asarray(clean, np.float64)
+  diff = np.abs(j - t)
+  return {'pixels_within_1e-5': float(np.mean(diff <= 1e-5)),
+          'images_within_1e-5': float(np.mean(np.all(diff <= 1e-5, axis=(1, 2, 3)))),
+          'max_abs_diff': float(diff.max()),
+          'perturbation_rel_diff': float(np.linalg.norm(j - t) /
+                                         max(np.linalg.norm(delta_t), 1e-30))}
+
+
+def bench_attacks(tmodel, model, cfg: dict, values: np.ndarray, kernels: str) -> dict:
+  """Item 5: FGSM, PGD-Linf and PGD-L2 on one batch, jaxviz against tests/torch_attacks.
+
+  `values` (N, H, W, 3) are any real numbers; a sigmoid makes them pixels in (0, 1),
+  normalised with ImageNet's mean and std, the model's input. Untargeted, away from the
+  model's own predictions.
+  """
+  import torch
+  import torch_attacks
+  from jaxviz.methods import attacks
+  mean = np.asarray(jaxviz.IMAGENET_MEAN, np.float32)
+  std = np.asarray(jaxviz.IMAGENET_STD, np.float32)
+  clean = (1 / (1 + np.exp(-values))).astype(np.float32)
+  x = (clean - mean) / std
+  # The clean pixels as jaxviz recovers them from x, so that both sides attack the same.
+  clean = np.asarray(jnp.clip(jnp.asarray(x) * std + mean, 0, 1))
+  labels = np.asarray(jnp.argmax(jax.jit(model.apply)(model.params, x), -1)).astype(np.int32)
+  tx, ty = to_torch(clean), torch.from_numpy(labels.astype(np.int64))
+  n, steps = len(x), cfg['attack_steps']
+  f32 = lambda v: float(np.float32(v))  # the same float32 value on both sides
+  key = jax.random.key(cfg['seed'])
+  out = {}
+  for name, norm, epsilon, num_steps in (
+      ('fgsm', 'linf', cfg['attack_epsilon'], 1),
+      ('pgd_linf', 'linf', cfg['attack_epsilon'], steps),
+      ('pgd_l2', 'l2', cfg['attack_l2_epsilon'], steps)):
+    epsilon = f32(epsilon)
+    step_size = f32(epsilon if name == 'fgsm' else 2.5 * epsilon / steps)
+    common_args = dict(epsilon=epsilon, norm=norm, mean=mean, std=std, cpu_kernels=kernels,
+                       chunk_size=cfg['chunk_size'])
+    if name == 'fgsm':
+      jax_attack = lambda: jaxviz.fgsm(model.apply, model.params, x, labels, **common_args)
+      torch_attack = lambda: torch_attacks.fgsm(tmodel, tx, ty, epsilon, mean, std)
+    else:
+      # PGD's random start: jaxviz's own draw (its per-image keys), handed to torch.
+      keys = jaxviz.validation.split_keys(key, n)
+      start = jax.vmap(lambda k, p: attacks.start_point(k, p, jnp.float32(epsilon), norm))(
+          keys, jnp.asarray(clean))
+      tstart = to_torch(start)
+      jax_attack = lambda: jaxviz.pgd(model.apply, model.params, x, labels, steps=steps,
+                                      step_size=step_size, key=key, **common_args)
+      torch_attack = lambda: torch_attacks.pgd(tmodel, tx, ty, epsilon, step_size, steps,
+                                               mean, std, norm=norm, start=tstart)
+    last = {}
+
+    def jax_fn():
+      last['jax'] = r = jax.block_until_ready(jax_attack())
+      if not np.all(np.asarray(r.steps) == num_steps):
+        raise RuntimeError(f'{name}: jaxviz took {r.steps} steps, not {num_steps} (a zero '
+                           'gradient stalls it)')
+
+    def torch_fn():
+      last['torch'] = torch_attack()
+
+    r = compare(jax_fn, torch_fn, cfg['repeats'])
+    out[name] = dict(r, images=n, steps=num_steps, norm=norm, epsilon=epsilon,
+                     step_size=step_size,
+                     success_rate=float(np.mean(np.asarray(last['jax'].success))),
+                     **agreement(last['jax'].pixels, last['torch'].numpy(), clean))
+  return out
+
+
 def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
   import torch
   import torch_course
@@ -269,90 +378,95 @@ def bench_model(name: str, cfg: dict, directory: str, gemm: dict) -> dict:
   out['logits_rel_err'] = float(np.linalg.norm(j_logits - t_logits) /
                                 np.linalg.norm(t_logits))
 
-  # 1a. Saliency of a batch.
-  x = images(cfg['saliency_batch'])
-  labels = rng.integers(0, model.num_classes, len(x)).astype(np.int32)
-  tx, ty = to_torch(x), torch.from_numpy(labels.astype(np.int64))
-  out['workloads']['saliency'] = dict(compare(
-      lambda: wait(jaxviz.saliency_maps(apply, params, x, labels, cpu_kernels=kernels)),
-      lambda: torch_course.saliency(tmodel, tx, ty), repeats), images=len(x))
-
-  # 1b. Fooling, a fixed number of steps per image.
-  x = images(cfg['fooling_images'])
-  targets = targets_with_gradient(np.asarray(jax.jit(apply)(params, x)))
-  steps, lr = cfg['fooling_steps'], cfg['fooling_lr']
-  tx = to_torch(x)
-
-  def jax_fooling():
-    r = wait(jaxviz.fooling_images(apply, params, x, targets, learning_rate=lr,
-                                   max_iterations=steps, chunk_size=cfg['chunk_size'],
-                                   cpu_kernels=kernels))
-    assert np.all(np.asarray(r.iterations) == steps), f'jaxviz took {r.iterations} steps'
-
-  def torch_fooling():
-    for i in range(len(x)):
-      _, it = torch_course.make_fooling_image(tmodel, tx[i:i + 1], int(targets[i]),
-                                              learning_rate=lr, max_iter=steps)
-      assert it == steps, f'torch took {it} steps, not {steps}'
-
-  out['workloads']['fooling'] = dict(compare(jax_fooling, torch_fooling, repeats),
-                                     images=len(x), steps=steps)
-
-  # 1c. Class visualisation: one target, jitter + blur + clamp, course defaults otherwise.
-  steps, target = cfg['classviz_steps'], 76
-  low, high = (np.asarray(v) for v in jaxviz.valid_range())
-  key = jax.random.key(cfg['seed'])
-
-  def jax_classviz():
-    wait(jaxviz.class_visualization(apply, params, [target], key,
-                                    image_shape=(size, size, 3), num_iterations=steps,
-                                    clamp=(low, high), chunk_size=cfg['chunk_size'],
-                                    cpu_kernels=kernels).images)
-
-  def torch_classviz():
-    init = torch.randn(1, 3, size, size)
-    jitters = [(random.randint(0, 16), random.randint(0, 16)) for _ in range(steps)]
-    torch_course.create_class_visualization(tmodel, target, init, num_iterations=steps,
-                                            jitters=jitters, low=low, high=high)
-
-  out['workloads']['class_visualization'] = dict(
-      compare(jax_classviz, torch_classviz, repeats), images=1, steps=steps)
-
-  # 2 + 3. The input-gradient step (saliency of B images) against batch size, with its
-  # FLOP count from XLA's cost analysis of the very program saliency_maps runs.
-  out['gradient_step'] = []
-  for b in cfg['batch_sizes']:
-    x = images(b)
-    labels = rng.integers(0, model.num_classes, b).astype(np.int32)
+  if 'methods' in cfg['workloads']:
+    # 1a. Saliency of a batch.
+    x = images(cfg['saliency_batch'])
+    labels = rng.integers(0, model.num_classes, len(x)).astype(np.int32)
     tx, ty = to_torch(x), torch.from_numpy(labels.astype(np.int64))
-    r = compare(lambda: wait(jaxviz.saliency_maps(apply, params, x, labels,
-                                                  cpu_kernels=kernels)),
-                lambda: torch_course.saliency(tmodel, tx, ty), repeats)
-    # After the timed calls, so that the first call above is the one that compiles
-    # (lower + compile of the same arguments then hits jax's cache).
-    program = jax.jit(lambda p, x, l: jaxviz.saliency_maps(apply, p, x, l, cpu_kernels=kernels),
-                      compiler_options=jaxviz.compiler_options(kernels))
-    flops = xla_flops(program.lower(params, jnp.asarray(x), jnp.asarray(labels)).compile())
-    row = {'batch': b, 'flops': flops,
-           'jax_images_per_s': b / r['jax_s'], 'torch_images_per_s': b / r['torch_s'],
-           'jax_gflops': flops / r['jax_s'] / 1e9, 'torch_gflops': flops / r['torch_s'] / 1e9,
-           **r}
-    row['jax_pct_of_gemm'] = 100 * row['jax_gflops'] / gemm['best_gflops']
-    row['torch_pct_of_gemm'] = 100 * row['torch_gflops'] / gemm['best_gflops']
-    out['gradient_step'].append(row)
+    out['workloads']['saliency'] = dict(compare(
+        lambda: wait(jaxviz.saliency_maps(apply, params, x, labels, cpu_kernels=kernels)),
+        lambda: torch_course.saliency(tmodel, tx, ty), repeats), images=len(x))
+
+    # 1b. Fooling, a fixed number of steps per image.
+    x = images(cfg['fooling_images'])
+    targets = targets_with_gradient(np.asarray(jax.jit(apply)(params, x)))
+    steps, lr = cfg['fooling_steps'], cfg['fooling_lr']
+    tx = to_torch(x)
+
+    def jax_fooling():
+      r = wait(jaxviz.fooling_images(apply, params, x, targets, learning_rate=lr,
+                                     max_iterations=steps, chunk_size=cfg['chunk_size'],
+                                     cpu_kernels=kernels))
+      assert np.all(np.asarray(r.iterations) == steps), f'jaxviz took {r.iterations} steps'
+
+    def torch_fooling():
+      for i in range(len(x)):
+        _, it = torch_course.make_fooling_image(tmodel, tx[i:i + 1], int(targets[i]),
+                                                learning_rate=lr, max_iter=steps)
+        assert it == steps, f'torch took {it} steps, not {steps}'
+
+    out['workloads']['fooling'] = dict(compare(jax_fooling, torch_fooling, repeats),
+                                       images=len(x), steps=steps)
+
+    # 1c. Class visualisation: one target, jitter + blur + clamp, course defaults otherwise.
+    steps, target = cfg['classviz_steps'], 76
+    low, high = (np.asarray(v) for v in jaxviz.valid_range())
+    key = jax.random.key(cfg['seed'])
+
+    def jax_classviz():
+      wait(jaxviz.class_visualization(apply, params, [target], key,
+                                      image_shape=(size, size, 3), num_iterations=steps,
+                                      clamp=(low, high), chunk_size=cfg['chunk_size'],
+                                      cpu_kernels=kernels).images)
+
+    def torch_classviz():
+      init = torch.randn(1, 3, size, size)
+      jitters = [(random.randint(0, 16), random.randint(0, 16)) for _ in range(steps)]
+      torch_course.create_class_visualization(tmodel, target, init, num_iterations=steps,
+                                              jitters=jitters, low=low, high=high)
+
+    out['workloads']['class_visualization'] = dict(
+        compare(jax_classviz, torch_classviz, repeats), images=1, steps=steps)
+
+  out['gradient_step'] = []
+  if 'gradient_step' in cfg['workloads']:
+    # 2 + 3. The input-gradient step (saliency of B images) against batch size, with its
+    # FLOP count from XLA's cost analysis of the very program saliency_maps runs.
+    for b in cfg['batch_sizes']:
+      x = images(b)
+      labels = rng.integers(0, model.num_classes, b).astype(np.int32)
+      tx, ty = to_torch(x), torch.from_numpy(labels.astype(np.int64))
+      r = compare(lambda: wait(jaxviz.saliency_maps(apply, params, x, labels,
+                                                    cpu_kernels=kernels)),
+                  lambda: torch_course.saliency(tmodel, tx, ty), repeats)
+      # After the timed calls, so that the first call above is the one that compiles
+      # (lower + compile of the same arguments then hits jax's cache).
+      program = jax.jit(lambda p, x, l: jaxviz.saliency_maps(apply, p, x, l, cpu_kernels=kernels),
+                        compiler_options=jaxviz.compiler_options(kernels))
+      flops = xla_flops(program.lower(params, jnp.asarray(x), jnp.asarray(labels)).compile())
+      row = {'batch': b, 'flops': flops,
+             'jax_images_per_s': b / r['jax_s'], 'torch_images_per_s': b / r['torch_s'],
+             'jax_gflops': flops / r['jax_s'] / 1e9, 'torch_gflops': flops / r['torch_s'] / 1e9,
+             **r}
+      row['jax_pct_of_gemm'] = 100 * row['jax_gflops'] / gemm['best_gflops']
+      row['torch_pct_of_gemm'] = 100 * row['torch_gflops'] / gemm['best_gflops']
+      out['gradient_step'].append(row)
+
+  if 'attacks' in cfg['workloads']:  # 5.
+    out['attacks'] = bench_attacks(tmodel, model, cfg, images(cfg['attack_batch']), kernels)
 
   # 4. A step inside the loops against the standalone gradient step of one image.
   single = [g for g in out['gradient_step'] if g['batch'] == 1]
-  if single:
+  loops = {w: out['workloads'][w] for w in ('fooling', 'class_visualization')
+           if w in out['workloads']}
+  loops.update({w: a for w, a in out.get('attacks', {}).items() if w.startswith('pgd')})
+  if single and loops:
     step_s = single[0]['jax_s']
-    fool, viz = out['workloads']['fooling'], out['workloads']['class_visualization']
-    per_step = {'fooling': fool['jax_s'] / (fool['images'] * fool['steps']),
-                'class_visualization': viz['jax_s'] / (viz['images'] * viz['steps'])}
     out['loop_step'] = {'standalone_step_s': step_s, **{
         w: {'jax_s_per_image_step': t, 'vs_standalone': t / step_s}
-        for w, t in per_step.items()}}
+        for w, t in ((w, m['jax_s'] / (m['images'] * m['steps'])) for w, m in loops.items())}}
 
-  if cfg['conv_profile_batch']:  # 5. where the gradient step's time goes
+  if cfg['conv_profile_batch']:  # 6. where the gradient step's time goes
     out['conv_profile'] = conv_profile(model, cfg['conv_profile_batch'], size,
                                        out['cpu_kernels'], repeats)
   return out
@@ -395,16 +509,28 @@ def print_tables(results: dict):
     kernels = {'xla': "XLA's default (on CPU: YNNPACK)", 'eigen': "XLA:CPU's Eigen"}
     print(f"\n{name} (logits rel. err jax vs torch {r['logits_rel_err']:.1e}; jaxviz on "
           f"{kernels[r['cpu_kernels']]} convolution kernels)")
-    print(f"{'workload':<34}{'jax s':>10}{'torch s':>10}{'torch/jax':>11}"
-          f"{'jax 1st s':>11}{'compile s':>11}{'maxRSS MiB':>12}")
+    if r['workloads']:
+      print(f"{'workload':<34}{'jax s':>10}{'torch s':>10}{'torch/jax':>11}"
+            f"{'jax 1st s':>11}{'compile s':>11}{'maxRSS MiB':>12}")
     for w, m in r['workloads'].items():
       label = f"{w} ({m['images']} im" + (f", {m['steps']} steps)" if 'steps' in m else ')')
       print(f"{label:<34}{m['jax_s']:>10.4f}{m['torch_s']:>10.4f}{m['speedup']:>10.2f}x"
             f"{m['jax_first_call_s']:>11.2f}{m['jax_compile_s']:>11.2f}"
             f"{m['max_rss_mib_after_torch_first']:>12.0f}")
-    print(f"\n{'grad step batch':<16}{'GFLOP/im':>9}{'jax im/s':>10}{'torch im/s':>11}"
-          f"{'torch/jax':>10}{'jax GF/s':>10}{'jax %GEMM':>10}{'torch %GEMM':>12}"
-          f"{'jax 1st s':>10}")
+    if r.get('attacks'):
+      print(f"\n{'attack':<34}{'jax s':>10}{'torch s':>10}{'torch/jax':>11}"
+            f"{'jax 1st s':>11}{'compile s':>11}{'ms/im-step':>11}{'<=1e-5':>9}"
+            f"{'max diff':>10}")
+    for w, m in r.get('attacks', {}).items():
+      label = f"{w} ({m['images']} im, {m['steps']} step{'s' * (m['steps'] > 1)})"
+      print(f"{label:<34}{m['jax_s']:>10.4f}{m['torch_s']:>10.4f}{m['speedup']:>10.2f}x"
+            f"{m['jax_first_call_s']:>11.2f}{m['jax_compile_s']:>11.2f}"
+            f"{1e3 * m['jax_s'] / (m['images'] * m['steps']):>11.1f}"
+            f"{100 * m['pixels_within_1e-5']:>8.2f}%{m['max_abs_diff']:>10.1e}")
+    if r['gradient_step']:
+      print(f"\n{'grad step batch':<16}{'GFLOP/im':>9}{'jax im/s':>10}{'torch im/s':>11}"
+            f"{'torch/jax':>10}{'jax GF/s':>10}{'jax %GEMM':>10}{'torch %GEMM':>12}"
+            f"{'jax 1st s':>10}")
     for g in r['gradient_step']:
       print(f"{g['batch']:<16}{g['flops'] / g['batch'] / 1e9:>9.2f}"
             f"{g['jax_images_per_s']:>10.1f}{g['torch_images_per_s']:>11.1f}"
@@ -413,9 +539,9 @@ def print_tables(results: dict):
     if 'loop_step' in r:
       ls = r['loop_step']
       print(f"\nloop step vs the standalone gradient step ({ls['standalone_step_s']:.4f} s, "
-            'batch 1): ' + ', '.join(f"{w} {ls[w]['jax_s_per_image_step']:.4f} s = "
-                                     f"{ls[w]['vs_standalone']:.2f}x"
-                                     for w in ('fooling', 'class_visualization')))
+            'batch 1): ' + ', '.join(f"{w} {m['jax_s_per_image_step']:.4f} s = "
+                                     f"{m['vs_standalone']:.2f}x" for w, m in ls.items()
+                                     if w != 'standalone_step_s'))
     if 'conv_profile' in r:
       c = r['conv_profile']
       print(f"\nprofile of the gradient step at batch {c['batch']}: {c['convolutions']} "
@@ -429,6 +555,10 @@ def print_tables(results: dict):
         'the scripts cache compilations on disk).')
   print('maxRSS: the process peak after the workload (jax and torch first calls); '
         'cumulative, not per workload.')
+  if any(r.get('attacks') for r in results['models'].values()):
+    print("attacks: ms/im-step is jaxviz's time per image and step; <=1e-5 the share of "
+          "adversarial pixels within 1e-5 of torch's, max diff the largest difference "
+          '(pixel units).')
 
 
 @common.one_line_errors
@@ -439,6 +569,13 @@ def main(argv):
   if unknown:
     raise jaxviz.InputError(f'--models: unknown {unknown}; known: '
                             f'{", ".join(sorted(jaxviz.ARCHITECTURES))}')
+  workloads = [w.strip() for w in _WORKLOADS.value]
+  unknown = sorted(set(workloads) - set(WORKLOADS))
+  if unknown:
+    raise jaxviz.InputError(f'--workloads: unknown {unknown}; known: {", ".join(WORKLOADS)}')
+  for flag in (_ATTACK_EPSILON, _ATTACK_L2_EPSILON):
+    if flag.value <= 0:
+      raise jaxviz.InputError(f'--{flag.name} must be positive, got {flag.value:g}')
   if _OMP_WAIT_POLICY.value:
     os.environ['OMP_WAIT_POLICY'] = _OMP_WAIT_POLICY.value
   try:
@@ -462,7 +599,12 @@ def main(argv):
       'batch_sizes': [1, 4] if quick else [int(b) for b in _BATCH_SIZES.value],
       'gemm_size': 512 if quick else _GEMM_SIZE.value,
       'cpu_kernels': _CPU_KERNELS.value, 'seed': _SEED.value, 'quick': quick,
-      'conv_profile_batch': 2 if quick else _CONV_PROFILE_BATCH.value,
+      'conv_profile_batch': (2 if quick and 'gradient_step' in workloads
+                             else _CONV_PROFILE_BATCH.value),
+      'attack_batch': 2 if quick else _ATTACK_BATCH.value,
+      'attack_steps': 2 if quick else _ATTACK_STEPS.value,
+      'attack_epsilon': _ATTACK_EPSILON.value, 'attack_l2_epsilon': _ATTACK_L2_EPSILON.value,
+      'workloads': workloads,
   }
   results = {'machine': machine_info(torch), 'config': cfg, 'models': {}}
   results['gemm'] = gemm_rate(cfg['gemm_size'], cfg['repeats'])

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow  # a benchmark run end to end: about a minute on t
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = ('saliency', 'fooling', 'class_visualization')
+ATTACKS = ('fgsm', 'pgd_linf', 'pgd_l2')
 
 
 def _positive(value) -> bool:
@@ -57,8 +58,29 @@ def test_quick_benchmark_writes_results(tmp_path):
 
   loop = model['loop_step']  # a step inside the loops against the standalone step
   assert _positive(loop['standalone_step_s'])
-  for name in ('fooling', 'class_visualization'):
+  for name in ('fooling', 'class_visualization', 'pgd_linf', 'pgd_l2'):
     assert _positive(loop[name]['jax_s_per_image_step']) and _positive(loop[name]['vs_standalone'])
+
+  attacks = model['attacks']  # FGSM and PGD against tests/torch_attacks.py
+  assert set(attacks) == set(ATTACKS)
+  for name in ATTACKS:
+    a = attacks[name]
+    for key in ('jax_s', 'torch_s', 'speedup', 'jax_first_call_s', 'jax_compile_s'):
+      assert _positive(a[key]), (name, key, a[key])
+    assert a['images'] == results['config']['attack_batch']
+    assert a['steps'] == (1 if name == 'fgsm' else results['config']['attack_steps'])
+    assert 0 <= a['pixels_within_1e-5'] <= 1 and 0 <= a['images_within_1e-5'] <= 1
+    # Both sides stay in the epsilon-ball around the same clean pixels, so no pixel can
+    # differ by more than 2 epsilon (L-infinity; for L2 the whole perturbations cannot);
+    # more means the two are not the same images in the same layout.
+    assert a['max_abs_diff'] <= 2 * a['epsilon'] + 1e-6, (name, a['max_abs_diff'])
+  # FGSM is one step from the same gradient (jax and torch agree to ~5e-7 relative):
+  # a pixel can differ only where that gradient's component is within float32 noise of 0,
+  # where the sign may flip, or where the clean image lies within rounding of a ReLU or
+  # max-pool kink; both are rare on random images, so 99% is a wide margin. PGD's later
+  # iterates do land within rounding of kinks (at one SqueezeNet iterate, noise of 1e-6
+  # changed the gradient by 0.6-1%), so its agreement is reported only.
+  assert attacks['fgsm']['pixels_within_1e-5'] >= 0.99, attacks['fgsm']
 
   steps = model['gradient_step']
   assert [s['batch'] for s in steps] == results['config']['batch_sizes']
