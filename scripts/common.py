@@ -450,9 +450,12 @@ def attribution_images(flags_) -> data.ImageSet:
 # scripts/attack.py: the epsilon-bounded attacks (jaxviz.methods.attacks) beside the
 # course's unbounded fooling method, and the 8-bit check of what they write.
 
-# --attacks name -> (figure and table title, norm of the budget; None: no budget).
-ATTACKS = {'fgsm': ('FGSM', 'linf'), 'bim': ('BIM', 'linf'), 'pgd': ('PGD-Linf', 'linf'),
-           'pgd_l2': ('PGD-L2', 'l2'), 'fooling': ('fooling (course)', None)}
+# --attacks name -> (figure and table title, norm of the budget; None: no budget). The
+# norms are jaxviz.robustness.ATTACKS'.
+_TITLES = {'fgsm': 'FGSM', 'bim': 'BIM', 'pgd': 'PGD-Linf', 'pgd_l2': 'PGD-L2',
+           'fooling': 'fooling (course)'}
+ATTACKS = {name: (title, robustness.ATTACKS[name].norm if name in robustness.ATTACKS else None)
+           for name, title in _TITLES.items()}
 DEFAULT_ATTACKS = ('fgsm', 'bim', 'pgd', 'pgd_l2')
 # The default L2 budget: 3.0 at 224 x 224 (the ImageNet L2 budget of Madry et al.'s
 # robustness library; 0.5 at CIFAR's 32 px is the same per-pixel size within ~15%),
