@@ -18,5 +18,13 @@ from jaxviz.methods import (AttackResult, ClassVisualization, FoolingResult, Int
                             guided_grad_cam, integrated_gradients, layer_gradient,
                             occlusion, pgd, saliency_maps, smoothgrad)
 from jaxviz.methods import methods as attribution_methods
+from jaxviz.inspection import activation_maps, first_layer_filters, layer_filters
+from jaxviz.invariance import InvarianceStudy, invariance_study, transform_images
+from jaxviz import top_activations  # the module: top_activations.top_activations(...)
+from jaxviz.top_activations import TopK
+from jaxviz import receptive_field  # the module: jaxviz.receptive_field.receptive_field
+from jaxviz.methods.projection import max_units, projection_crop, unit_projection
+from jaxviz.methods.feature_visualization import FeatureVisualization, channel_visualization
+from jaxviz.methods.deep_dream import DeepDream, deep_dream
 from jaxviz import parallel
 from jaxviz._xla_cpu import compiler_options

@@ -909,3 +909,441 @@ def occlusion_figure(image_rgb01, occlusion_result, class_names: Sequence[str],
     _all_zero_note(axes[4])
   _suptitle(fig, suptitle, fontsize=10)
   return fig
+
+
+def signed_rgb01(projection, percentile: float = 99.5) -> np.ndarray:
+  """A signed image (a DeconvNet projection, any scale) -> [0, 1] RGB for display:
+  clip(0.5 + x / (2 s)) with s the `percentile` of |x| over the image (100: its
+  maximum), so zero is mid-grey, the sign shows, and a few extreme pixels do not leave
+  the rest invisible. An all-zero projection is uniform grey."""
+  x = np.asarray(projection, np.float64)
+  if not (0 < percentile <= 100):
+    raise InputError(f'percentile must be in (0, 100], got {percentile}')
+  x = np.where(np.isfinite(x), x, 0.0)
+  scale = np.percentile(np.abs(x), percentile) if x.size else 0.0
+  if scale == 0 and x.size:
+    scale = np.abs(x).max()
+  return np.clip(0.5 + (x / (2 * scale) if scale > 0 else 0 * x), 0, 1).astype(np.float32)
+
+
+def top_patches_figure(crops_rgb01, projections_rgb01=None, row_titles: Sequence[str] = (),
+                       cell_titles=None, suptitle: str = '') -> plt.Figure:
+  """The top-N patches of several channels (Zeiler & Fergus 2014, Fig. 2): one row per
+  channel, its N receptive-field crops from the highest activation leftwards, each with
+  its DeconvNet projection beside it when given.
+
+  Args:
+    crops_rgb01: (R, N, S, S, 3) image crops in [0, 1].
+    projections_rgb01: None, or (R, N, S, S, 3) projections already mapped to [0, 1]
+      (`signed_rgb01`).
+    row_titles: R labels ('channel 3'), drawn left of each row.
+    cell_titles: None, or R lists of N short labels (the activation, the image index).
+    suptitle: the figure title.
+  """
+  crops = np.asarray(crops_rgb01, np.float32)
+  if crops.ndim != 5 or crops.shape[-1] != 3 or 0 in crops.shape:
+    raise InputError(f'crops has shape {crops.shape}: expected (rows, N, S, S, 3) RGB')
+  rows, n = crops.shape[:2]
+  pairs = projections_rgb01 is not None
+  if pairs:
+    projections = np.asarray(projections_rgb01, np.float32)
+    if projections.shape != crops.shape:
+      raise InputError(f'projections has shape {projections.shape}, crops {crops.shape}')
+  titles = _check_titles(row_titles, rows, 'row titles') if len(row_titles) else [''] * rows
+  cols = n * (2 if pairs else 1)
+  size = 0.75
+  height = rows * size * 1.25 + 0.8  # 0.8 in: two lines of title above the first row
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 0.6, height), squeeze=False)
+  for r in range(rows):
+    for k in range(n):
+      c = k * (2 if pairs else 1)
+      label = None if cell_titles is None else str(cell_titles[r][k])
+      _image_axis(axes[r, c], np.clip(_finite(crops[r, k][None], 'crops')[0], 0, 1))
+      if label:
+        axes[r, c].set_title(label, fontsize=5.5, pad=1.5)
+      if pairs:
+        _image_axis(axes[r, c + 1],
+                    np.clip(_finite(projections[r, k][None], 'projections')[0], 0, 1))
+    axes[r, 0].set_axis_on()
+    axes[r, 0].set_xticks([])
+    axes[r, 0].set_yticks([])
+    for spine in axes[r, 0].spines.values():
+      spine.set_visible(False)
+    axes[r, 0].set_ylabel(titles[r], fontsize=7)
+  fig.subplots_adjust(left=0.4 / fig.get_figwidth(), right=0.99, bottom=0.05 / height,
+                      top=1 - 0.75 / height, wspace=0.08, hspace=0.35)
+  _suptitle(fig, suptitle, fontsize=9)
+  return fig
+
+
+def feature_sheet_figure(images_rgb01, labels: Sequence[str], suptitle: str = '',
+                         columns: int = 8, tile: float = 0.9) -> plt.Figure:
+  """A sheet of feature visualisations: one small tile per channel, labelled beneath.
+
+  Args:
+    images_rgb01: (N, H, W, 3) RGB in [0, 1], one per channel.
+    labels: one short label per tile ('12', 'ch 12').
+    suptitle: the figure title.
+    columns: tiles per row at most.
+    tile: inches per tile.
+
+  Returns:
+    A Figure of ceil(N / columns) rows.
+  """
+  images = _rgb_batch(images_rgb01, 'images_rgb01')
+  n = len(images)
+  labels = _check_titles(labels, n, 'labels')
+  cols = max(1, min(columns, n))
+  rows = -(-n // cols)
+  top = 0.7 if suptitle else 0.1
+  height = rows * (tile + 0.18) + top
+  width = max(cols * tile + 0.2, 3.0)
+  fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+  for i, ax in enumerate(axes.flat):
+    ax.set_axis_off()
+    if i < n:
+      ax.imshow(images[i], interpolation='nearest')
+      ax.set_title(labels[i], fontsize=6, pad=1.5)
+  fig.subplots_adjust(left=0.1 / width, right=1 - 0.1 / width, bottom=0.05 / height,
+                      top=1 - top / height, wspace=0.06, hspace=0.25)
+  _suptitle(fig, suptitle, fontsize=9)
+  return fig
+
+
+def deep_dream_figure(original_rgb01, dreamed_rgb01, titles: Sequence[str],
+                      suptitle: str = '') -> plt.Figure:
+  """DeepDream before and after: one row per image, the original then the dream.
+
+  Args:
+    original_rgb01, dreamed_rgb01: (N, H, W, 3) RGB in [0, 1].
+    titles: one per image, drawn above its dream (e.g. the objective's rise).
+    suptitle: the figure title.
+  """
+  original = _rgb_batch(original_rgb01, 'original_rgb01')
+  dreamed = _rgb_batch(dreamed_rgb01, 'dreamed_rgb01')
+  if original.shape != dreamed.shape:
+    raise InputError(f'original has shape {original.shape}, dreamed {dreamed.shape}')
+  n = len(original)
+  titles = _check_titles(titles, n)
+  panel = _panel(original)
+  fig, axes = plt.subplots(n, 2, figsize=(2 * panel + 0.3, n * (panel + 0.4) + 0.6),
+                           squeeze=False, layout='constrained')
+  for i in range(n):
+    _image_axis(axes[i, 0], original[i], 'original')
+    _image_axis(axes[i, 1], dreamed[i], titles[i])
+  _suptitle(fig, suptitle)
+  return fig
+
+
+# ----------------------------------------------------------------------------------------
+# Looking inside a network: activation maps, filters (jaxviz.inspection) and the
+# invariance study (jaxviz.invariance).
+
+_BLANK = 0.85  # grey of a tile with nothing to show (a dead or constant channel)
+_GAP = 1.0  # white between tiles
+
+
+def _mosaic(tiles: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
+  """(C, h, w, 3) RGB tiles -> one (rows * (h + gap) - gap, ...) RGB image, row-major,
+  white between tiles and in the unused cells of the last row."""
+  c, h, w = tiles.shape[:3]
+  rows = -(-c // columns)
+  out = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), _GAP)
+  for i in range(c):
+    r, col = divmod(i, columns)
+    out[r * (h + gap):r * (h + gap) + h, col * (w + gap):col * (w + gap) + w] = tiles[i]
+  return out
+
+
+def _grid_columns(count: int, aspect: float = 1.0) -> int:
+  """Columns of a near-square grid of `count` tiles (a little wider than tall)."""
+  return max(1, min(count, int(np.ceil(np.sqrt(count * 1.5 * aspect)))))
+
+
+def activation_maps_figure(image_rgb01, activations, suptitle: str = '', *,
+                           scale: str = 'channel', max_channels: int | None = None,
+                           cmap: str = 'viridis') -> plt.Figure:
+  """Every channel of one layer's activation for one image, as a grid of tiles, with the
+  image beside it (Zeiler & Fergus 2014, sec. 2; the course's "cartes d'activation").
+
+  Channel 0 is at the top left, then row by row. scale='channel' (default) maps each
+  channel to the colour map by its own min and max, so that the pattern of a weak channel
+  shows as clearly as a strong one's; scale='shared' uses one min and max for all of them
+  (a colour bar gives it), so that strengths compare. Under both, a dead channel (all zero:
+  a ReLU that never fires on this image) is a blank grey tile, and the mosaic's title
+  counts them over all C channels; under 'channel' a constant non-zero channel is blank
+  too, and counted among those drawn.
+
+  Args:
+    image_rgb01: (H, W, 3) RGB in [0, 1], the input.
+    activations: (h, w, C) the layer's output for it (`jaxviz.inspection.activation_maps`).
+    suptitle: figure title.
+    scale: 'channel' or 'shared'.
+    max_channels: draw the first this many channels (None: all).
+    cmap: a matplotlib colour map name.
+
+  Returns:
+    A Figure.
+  """
+  from matplotlib import colors
+  image = _rgb_batch(image_rgb01, 'image_rgb01')[0]
+  acts = np.asarray(activations, np.float64)
+  if acts.ndim != 3 or 0 in acts.shape:
+    raise InputError(f'activations has shape {acts.shape}: expected one image\'s (h, w, C) '
+                     'convolutional feature map')
+  if not np.isfinite(acts).all():
+    raise InputError('activations contain NaN or inf')
+  if scale not in ('channel', 'shared'):
+    raise InputError(f"scale must be 'channel' or 'shared', got {scale!r}")
+  total = acts.shape[-1]
+  if max_channels is not None and (isinstance(max_channels, bool) or int(max_channels) < 1):
+    raise InputError(f'max_channels must be a positive integer or None, got {max_channels!r}')
+  shown = total if max_channels is None else min(total, int(max_channels))
+  tiles = acts[..., :shown].transpose(2, 0, 1)  # (C, h, w)
+  low, high = tiles.min(axis=(1, 2)), tiles.max(axis=(1, 2))
+  dead = (low == 0) & (high == 0)
+  flat = low == high
+  if scale == 'channel':
+    span = np.where(flat, 1.0, high - low)
+    normed = (tiles - low[:, None, None]) / span[:, None, None]
+    blank = flat
+  else:
+    lo, hi = float(low.min()), float(high.max())
+    normed = (tiles - lo) / ((hi - lo) or 1.0)
+    blank = dead
+  colours = matplotlib.colormaps[cmap](np.clip(normed, 0, 1))[..., :3]
+  colours[blank] = _BLANK
+  columns = _grid_columns(shown, tiles.shape[2] / tiles.shape[1])
+  mosaic = _mosaic(colours, columns)
+  rows = -(-shown // columns)
+  mosaic_width = float(np.clip(columns * 0.5, 4.0, 9.0))
+  mosaic_height = mosaic_width * mosaic.shape[0] / mosaic.shape[1]
+  panel = 2.4
+  fig, (left, right) = plt.subplots(
+      1, 2, figsize=(panel + mosaic_width + 0.9 + (0.6 if scale == 'shared' else 0),
+                     max(panel, mosaic_height) + 0.7 + (0.35 if suptitle else 0)),
+      width_ratios=[panel, mosaic_width], layout='constrained')
+  _image_axis(left, image, 'input')
+  right.imshow(mosaic, interpolation='nearest')
+  right.set_axis_off()
+  dead_all = int((acts == 0).all(axis=(0, 1)).sum())  # over every channel, drawn or not
+  notes = [f'{dead_all} of {total} channels dead (all zero), drawn blank']
+  if scale == 'channel':
+    head = f'{shown} of {total} channels, each scaled by its own min-max'
+    constant = int((flat & ~dead).sum())
+    if constant:
+      notes.append(f'{constant} constant non-zero drawn blank')
+  else:
+    head = f'{shown} of {total} channels, one shared scale'
+    mappable = plt.cm.ScalarMappable(colors.Normalize(lo, hi), matplotlib.colormaps[cmap])
+    fig.colorbar(mappable, ax=right, shrink=0.6, pad=0.02).ax.tick_params(labelsize=7)
+  right.set_title(textwrap.fill(f'{head}, {rows} x {columns} grid, row-major; '
+                                + '; '.join(notes), int(mosaic_width * 72 / 4.6)),
+                  fontsize=8)
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig
+
+
+def first_layer_filters_figure(filters_rgb01, suptitle: str = '',
+                               columns: int | None = None) -> plt.Figure:
+  """The first convolution's kernels as RGB tiles, row-major (Krizhevsky et al. 2012,
+  Fig. 3; Zeiler & Fergus 2014, Fig. 6).
+
+  Args:
+    filters_rgb01: (C_out, k, k, 3) in [0, 1] (`jaxviz.inspection.first_layer_filters`).
+    suptitle: figure title (say which scaling made the tiles).
+    columns: tiles per row; None: a near-square grid.
+
+  Returns:
+    A Figure.
+  """
+  tiles = _rgb_batch(filters_rgb01, 'filters_rgb01')
+  n, k = tiles.shape[0], tiles.shape[1]
+  columns = _grid_columns(n) if columns is None else max(1, min(int(columns), n))
+  mosaic = _mosaic(tiles, columns)
+  width = float(np.clip(columns * (0.45 if k < 7 else 0.6), 4.0, 9.0))
+  height = width * mosaic.shape[0] / mosaic.shape[1]
+  fig, ax = plt.subplots(figsize=(width + 0.3, height + 0.5 + (0.35 if suptitle else 0)),
+                         layout='constrained')
+  ax.imshow(mosaic, interpolation='nearest')
+  ax.set_axis_off()
+  ax.set_title(f'{n} filters of {k} x {tiles.shape[2]} x 3, row-major', fontsize=8)
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig
+
+
+def layer_filters_figure(filters, suptitle: str = '', *, max_outputs: int = 8,
+                         max_inputs: int = 16) -> plt.Figure:
+  """A deeper convolution's kernels: one row per output channel, one column per input
+  channel (the first few of each), each tile a k x k kernel slice.
+
+  One colour scale, symmetric about 0, for all tiles (blue negative, red positive): a
+  deeper kernel's meaning is in its sign pattern and in which input channels it weighs,
+  which per-tile scaling would hide.
+
+  Args:
+    filters: (C_out, C_in, k, k) (`jaxviz.inspection.layer_filters`).
+    suptitle: figure title.
+    max_outputs, max_inputs: how many output rows and input columns to draw.
+
+  Returns:
+    A Figure.
+  """
+  from matplotlib import colors
+  w = np.asarray(filters, np.float64)
+  if w.ndim != 4 or 0 in w.shape:
+    raise InputError(f'filters has shape {w.shape}: expected (C_out, C_in, k, k)')
+  if not np.isfinite(w).all():
+    raise InputError('filters contain NaN or inf')
+  for value, name in ((max_outputs, 'max_outputs'), (max_inputs, 'max_inputs')):
+    if isinstance(value, bool) or int(value) < 1:
+      raise InputError(f'{name} must be a positive integer, got {value!r}')
+  outs, ins = min(w.shape[0], int(max_outputs)), min(w.shape[1], int(max_inputs))
+  shown = w[:outs, :ins]
+  k_h, k_w = shown.shape[2:]
+  span = float(np.abs(shown).max()) or 1.0
+  cmap = matplotlib.colormaps['RdBu_r']
+  tiles = cmap(0.5 + 0.5 * shown.reshape(outs * ins, k_h, k_w) / span)[..., :3]
+  mosaic = _mosaic(tiles, ins)
+  tile_in = 0.35 if max(k_h, k_w) <= 3 else 0.5
+  width = float(np.clip(ins * tile_in, 2.5, 9.0))
+  height = width * mosaic.shape[0] / mosaic.shape[1]
+  fig, ax = plt.subplots(figsize=(width + 1.6, height + 0.9 + (0.35 if suptitle else 0)),
+                         layout='constrained')
+  ax.imshow(mosaic, interpolation='nearest')
+  ax.set_xticks([c * (k_w + 1) + (k_w - 1) / 2 for c in range(ins)], range(ins), fontsize=6)
+  ax.set_yticks([r * (k_h + 1) + (k_h - 1) / 2 for r in range(outs)], range(outs), fontsize=6)
+  ax.tick_params(length=0)
+  for side in ax.spines.values():
+    side.set_visible(False)
+  ax.set_xlabel(f'input channel (first {ins} of {w.shape[1]})', fontsize=8)
+  ax.set_ylabel(f'output channel (first {outs} of {w.shape[0]})', fontsize=8)
+  ax.set_title(f'{k_h} x {k_w} kernels, one shared scale symmetric about 0', fontsize=8)
+  mappable = plt.cm.ScalarMappable(colors.Normalize(-span, span), cmap)
+  fig.colorbar(mappable, ax=ax, shrink=0.7, pad=0.02).ax.tick_params(labelsize=7)
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig
+
+
+_TRANSFORM_AXES = {'rotate': 'rotation (degrees, counter-clockwise)',
+                   'translate': 'vertical shift (pixels, down)', 'scale': 'scale factor'}
+
+
+def invariance_figure(results: dict, curve_labels: Sequence[str], layers: Sequence[str],
+                      suptitle: str = '', *, relative: bool = False) -> plt.Figure:
+  """Zeiler & Fergus 2014, Fig. 5: one column per transform; rows: sample transformed
+  images, the distance of each layer's features to the untransformed image's, and the
+  probability of the true class, one curve per image.
+
+  Args:
+    results: {transform: {'values': (T,), 'probability': (N, T), 'distances':
+      {layer: (N, T)}, 'samples': (S, H, W, 3) RGB in [0, 1] (transformed copies of the
+      first image), 'sample_values': (S,)}}, transforms in column order ('rotate',
+      'translate', 'scale' name the x axes; a scale axis is logarithmic).
+    curve_labels: N legend entries (image name and true class).
+    layers: the layers of `distances`, one row each, in order.
+    suptitle: figure title.
+    relative: the distances were divided by the untransformed features' norm (labels
+      the axes so).
+
+  Returns:
+    A Figure.
+  """
+  if not results:
+    raise InputError('results is empty: give at least one transform')
+  layers = list(layers)
+  curve_labels = list(curve_labels)
+  columns = len(results)
+  rows = 2 + len(layers)
+  fig, axes = plt.subplots(rows, columns, squeeze=False,
+                           figsize=(4.0 * columns + 0.3,
+                                    1.5 + 2.2 * (rows - 1) + (0.4 if suptitle else 0)),
+                           height_ratios=[0.8] + [1.0] * (rows - 1), layout='constrained')
+  for col, (transform, result) in enumerate(results.items()):
+    values = np.asarray(result['values'], np.float64)
+    if values.ndim != 1:
+      raise InputError(f'{transform}: values has shape {values.shape}: expected (T,)')
+    probability = np.atleast_2d(np.asarray(result['probability'], np.float64))
+    if probability.shape != (len(curve_labels), len(values)):
+      raise InputError(f'{transform}: probability has shape {probability.shape}, '
+                       f'expected ({len(curve_labels)}, {len(values)})')
+    samples = _rgb_batch(result['samples'], f'{transform} samples')
+    sample_values = np.asarray(result['sample_values'], np.float64)
+    if sample_values.shape != (len(samples),):
+      raise InputError(f'{transform}: {len(sample_values)} sample_values for '
+                       f'{len(samples)} samples')
+    h, w = samples.shape[1:3]
+    gap = max(1, w // 16)
+    strip = _mosaic(samples, len(samples), gap)
+    top = axes[0, col]
+    top.imshow(strip, interpolation='nearest')
+    top.set_axis_off()
+    unit = {'rotate': '\N{DEGREE SIGN}', 'translate': ' px', 'scale': 'x'}.get(transform, '')
+    for i, v in enumerate(sample_values):
+      top.text(i * (w + gap) + w / 2, h + gap, f'{v:.3g}{unit}', ha='center', va='top',
+               fontsize=7)
+    top.set_title(transform, fontsize=10)
+    curves = [(result['distances'][layer], ('relative ' if relative else '')
+               + f'distance, {layer}') for layer in layers]
+    curves.append((probability, 'p(true class)'))
+    for row, (values_2d, ylabel) in enumerate(curves, start=1):
+      ax = axes[row, col]
+      values_2d = np.atleast_2d(np.asarray(values_2d, np.float64))
+      if values_2d.shape != probability.shape:
+        raise InputError(f'{transform}: {ylabel} has shape {values_2d.shape}, expected '
+                         f'{probability.shape}')
+      for curve, label in zip(values_2d, curve_labels):
+        ax.plot(values, curve, marker='.', markersize=3, linewidth=1.0, label=label)
+      if transform == 'scale':
+        ax.set_xscale('log')
+        ticks = sample_values if len(sample_values) > 1 else values
+        ax.set_xticks(ticks, [f'{t:.3g}' for t in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+      ax.grid(True, alpha=0.3)
+      ax.tick_params(labelsize=7)
+      ax.set_ylabel(ylabel, fontsize=8)
+      if row == rows - 1:
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(_TRANSFORM_AXES.get(transform, transform), fontsize=8)
+  axes[-1, 0].legend(fontsize=6.5, loc='best')
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig
+
+
+def receptive_field_figure(image_rgb01, boxes, labels: Sequence[str], suptitle: str = '',
+                           ) -> plt.Figure:
+  """Receptive fields drawn on an image: one square per unit, its full extent, where it
+  hangs over the border (padding) included; the margin around the image shows it.
+
+  Args:
+    image_rgb01: (H, W, 3) image in [0, 1].
+    boxes: (top, left, size) per field, in input pixels (`ReceptiveField.span`: top =
+      start + i * jump), possibly negative or past the image.
+    labels: one legend entry per box ('features.29 (14, 0): 196 px').
+    suptitle: the figure title.
+  """
+  image = _rgb_batch(image_rgb01, 'image')[0]
+  boxes = [tuple(int(v) for v in b) for b in boxes]
+  if any(len(b) != 3 or b[2] < 1 for b in boxes):
+    raise InputError(f'boxes must be (top, left, size) with size >= 1, got {boxes}')
+  labels = _check_titles(labels, len(boxes), 'labels')
+  h, w = image.shape[:2]
+  lo = min([0] + [min(t, l) for t, l, _ in boxes])
+  hi_r = max([h] + [t + s for t, _, s in boxes])
+  hi_c = max([w] + [l + s for _, l, s in boxes])
+  fig, ax = plt.subplots(figsize=(5.2, 5.2 * (hi_r - lo) / (hi_c - lo) + 0.5))
+  ax.imshow(image, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation='nearest')
+  ax.add_patch(matplotlib.patches.Rectangle((-0.5, -0.5), w, h, fill=False, lw=0.8,
+                                            ec='black', ls=':'))
+  colors = plt.get_cmap('tab10')
+  for k, ((t, l, s), label) in enumerate(zip(boxes, labels)):
+    ax.add_patch(matplotlib.patches.Rectangle((l - 0.5, t - 0.5), s, s, fill=False, lw=1.4,
+                                              ec=colors(k % 10), label=label))
+  ax.set_xlim(lo - 1.5, hi_c + 0.5)
+  ax.set_ylim(hi_r + 0.5, lo - 1.5)
+  ax.set_axis_off()
+  ax.legend(loc='upper center', bbox_to_anchor=(0.5, 0.0), fontsize=7, frameon=False,
+            ncol=1)
+  fig.subplots_adjust(left=0.02, right=0.98, top=0.93, bottom=0.05 + 0.035 * len(boxes))
+  _suptitle(fig, suptitle, fontsize=10)
+  return fig

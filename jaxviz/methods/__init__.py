@@ -22,6 +22,9 @@ from jaxviz.methods.integrated_gradients import (IntegratedGradients, integrated
                                                  integrated_gradients_one, path_rule)
 from jaxviz.methods.layer_gradient import layer_gradient, layer_gradient_one
 from jaxviz.methods.layers import DEFAULT_LAYERS
+from jaxviz.methods.deep_dream import DeepDream, deep_dream
+from jaxviz.methods.feature_visualization import (FeatureVisualization,
+                                                  channel_visualization)
 from jaxviz.methods.occlusion import Occlusion, occlusion, occlusion_one
 from jaxviz.methods.relu_rules import count_relus, with_relu_rule
 from jaxviz.methods.saliency import saliency_map, saliency_maps
