@@ -261,18 +261,27 @@ def test_batch_equals_single_calls(model, pixels):
       assert getattr(one, field)[0] == getattr(batch, field)[i], (i, field)
 
 
-def test_vmap_over_epsilon_equals_separate_calls(model, pixels):
-  images, key = _normalised(pixels, model.mean, model.std), jax.random.key(1)
-  epsilons = jnp.array([0.25, SHAPES_EPSILON['l2']])
-  sweep = jax.vmap(lambda e: jaxviz.pgd(model, model.params, images, LABELS3, epsilon=e,
-                                        norm='l2', key=key))(epsilons)
-  for j, eps in enumerate(epsilons):
-    one = jaxviz.pgd(model, model.params, images, LABELS3, epsilon=eps, norm='l2', key=key)
-    # L2 steps depend continuously on the gradient: the round-off of a batched pass
-    # (~1e-7) stays ~1e-7 over 10 steps (measured 1.8e-7).
-    np.testing.assert_allclose(sweep.pixels[j], one.pixels, rtol=0, atol=2e-6)
+def test_vmap_over_epsilon_equals_separate_calls(pixels):
+  """In float64: a vmapped pass rounds differently from a single one (~1e-7 in float32),
+  and in float32 that can flip a max-pool's argmax or a clip at the box within 10 steps,
+  which moves pixels by up to 3e-4 (measured on one machine; 1.8e-7 on another). In float64 the
+  round-off is ~1e-16 and no such flip happens: the sweep equals separate calls to 1e-12
+  (any slip in the eps each lane uses would show at the size of the steps, 0.025+)."""
+  def run():
+    model = jaxviz.load_model('shapes', 'random', dtype=jnp.float64)
+    images = jnp.asarray((pixels - np.asarray(model.mean)) / np.asarray(model.std))
+    key, epsilons = jax.random.key(1), jnp.array([0.25, SHAPES_EPSILON['l2']])
+    sweep = jax.vmap(lambda e: jaxviz.pgd(model, model.params, images, LABELS3, epsilon=e,
+                                          norm='l2', key=key))(epsilons)
+    ones = [jaxviz.pgd(model, model.params, images, LABELS3, epsilon=e, norm='l2', key=key)
+            for e in epsilons]
+    return epsilons, sweep, ones
+
+  epsilons, sweep, ones = _x64(run)
+  for j, (eps, one) in enumerate(zip(epsilons, ones)):
+    np.testing.assert_allclose(sweep.pixels[j], one.pixels, rtol=0, atol=TOL64)
     np.testing.assert_array_equal(sweep.predicted[j], one.predicted)
-    assert (sweep.l2[j] <= eps * (1 + 1e-6) + L2_ROUNDING).all()  # each its own eps
+    assert (sweep.l2[j] <= eps * (1 + 1e-12)).all()  # each its own eps
     assert (sweep.l2[j] > 0.9 * eps).all()
 
 
@@ -353,11 +362,15 @@ def test_bad_input_is_a_one_line_error(model, pixels, call, match):
 
 
 def test_attacks_on_the_trained_shapes_model(shapes_cache):
-  """24 held-out images, 10 steps. Robust accuracy (still classified correctly) falls
-  with eps for PGD and FGSM alike, equals the clean accuracy at eps 0, and PGD is at least
-  as strong as FGSM (measured: PGD 1, 0.83, 0.25, 0, 0; FGSM 1, 0.83, 0.75, 0.08, 0 at
-  eps 0, 1, 2, 4, 8 / 255). Targeted PGD at 8/255 towards the next class reaches it on
-  24 of 24 (asserted: >= 22, "nearly all"; at 4/255 it is 21)."""
+  """24 held-out images, 10 steps. Robust accuracy (still classified correctly) equals
+  the clean accuracy at eps 0 and falls with eps; PGD is at least as strong as FGSM.
+  Measured with the models trained on two machines (training is deterministic on one
+  machine, but XLA:CPU compiles for the CPU it runs on, so the weights, and the
+  attacks' outcomes, differ a little from one machine to another): PGD 1, 0.83, 0.25,
+  0, 0 on both; FGSM 1, 0.83, 0.75, 0.08, 0 on one and 1, 0.88, 0.75, 0.33, 0.13 on the
+  other at eps 0, 1, 2, 4, 8 / 255. So PGD, the strong attack, must be near 0 at 8/255
+  (<= 0.1); FGSM, one step, only well below clean (<= 0.5). Targeted PGD at 8/255 towards the next class reaches it
+  on 24 of 24 (asserted: >= 22, "nearly all"; at 4/255 it is 21)."""
   model = jaxviz.load_model('shapes', train_if_missing=False)
   data = jaxviz.shapes.generate(24, seed=1000)  # never trained on: training uses (seed, 0)
   images, labels = model.preprocess(data.images), np.asarray(data.labels)
@@ -371,7 +384,7 @@ def test_attacks_on_the_trained_shapes_model(shapes_cache):
                                                               8 / 255)])
     assert robust[name][0] == clean, name
     assert (np.diff(robust[name]) <= 0).all(), (name, robust[name])
-    assert robust[name][-1] <= 0.1, (name, robust[name])
+    assert robust[name][-1] <= (0.1 if name == 'pgd' else 0.5), (name, robust[name])
   assert (robust['pgd'] <= robust['fgsm']).all(), robust
   assert robust['pgd'][2] < robust['fgsm'][2]  # at 2/255 the iterations matter (0.25, 0.75)
   targets = (labels + 1) % 10
