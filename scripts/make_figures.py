@@ -3,11 +3,15 @@
   python scripts/make_figures.py [--weights=imagenet] [--output_dir=outputs/figures]
       [--models=squeezenet1_1,vgg16] [--quick]
 
-Figures 17-24 go beyond the report: the attribution methods side by side
+Figures 17-36 go beyond the report: the attribution methods side by side
 (scripts/attribution.py) and Zeiler & Fergus's occlusion panels (scripts/occlusion.py), on
 SqueezeNet and on the self-trained shapes model; FGSM, BIM and PGD at one budget
 (scripts/attack.py) on both; robust accuracy against the budget (scripts/robustness.py)
-and the transfer matrix of two shapes models (scripts/transfer.py).
+and the transfer matrix of two shapes models (scripts/transfer.py); what the networks
+have learned: receptive fields, the top patches of a generated dataset
+(scripts/top_images.py), feature visualisation (scripts/feature_visualization.py),
+activation maps, filters, DeepDream and the invariance study (scripts/activations.py,
+filters.py, deep_dream.py, invariance.py), each of these run as its own process.
 
 Writes figNN_*.png, index.html and index.md (each figure with its caption and the
 single-script command that makes the same picture), summary.json (the numbers quoted in
@@ -16,11 +20,14 @@ the captions) and manifest.json. --quick divides every iteration count by 20 and
 """
 
 import dataclasses
+import glob
 import html
 import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import time
 
@@ -29,8 +36,10 @@ import numpy as np
 from absl import app, flags
 
 import jaxviz
-from jaxviz import data, figures, robustness
+from jaxviz import data, figures, receptive_field, robustness
 import common
+
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 
 _WEIGHTS = flags.DEFINE_string(
     'weights', 'imagenet', "'imagenet' (converted on first use; random-init with a note "
@@ -61,6 +70,8 @@ PHOTO, PHOTO_CLASS = 'chelsea', 'tabby'
 SMOOTHGRAD_SAMPLES, IG_STEPS = 50, 50
 # scripts/attack.py's, robustness.py's and transfer.py's steps, images and data seed.
 ATTACK_STEPS, ROBUSTNESS_IMAGES, DATA_SEED = 10, 200, 1000
+# scripts/top_images.py's generated dataset, scripts/feature_visualization.py's steps.
+TOP_IMAGES, FEATURE_STEPS = 10000, 100
 
 
 @dataclasses.dataclass
@@ -434,6 +445,131 @@ class Maker:
         command=command, numbers={'rate': rate, 'random_control': report['random_control']}),
         'transfer_shapes', fig)
 
+  # What the network has learned ---------------------------------------------------------
+
+  def receptive_fields(self, number: int):
+    """VGG16's fields at five depths on the first sample photo (no weights needed: a field
+    depends on the architecture alone)."""
+    image = data.sample_images(224).images[0] / 255.0
+    units = [('features.3', 'conv1_2', (56, 56)), ('features.9', 'pool2', (28, 28)),
+             ('features.16', 'pool3', (14, 14)), ('features.23', 'pool4', (7, 7)),
+             ('features.29', 'conv5_3', (7, 7)), ('features.29', 'conv5_3', (0, 13))]
+    boxes, labels, fields = [], [], {}
+    for layer, name, (i, j) in units:
+      f = receptive_field.receptive_field('vgg16', layer)
+      boxes.append((f.span(i)[0], f.span(j)[0], f.size))
+      labels.append(f'{layer} = {name} unit ({i}, {j}): {f.size} px, jump {f.jump}')
+      fields[name] = {'size': f.size, 'jump': f.jump, 'start': f.start}
+    title = 'VGG16 receptive fields'
+    self.save(Entry(
+        number, title,
+        'The exact receptive fields of the centre units of conv1_2, pool2, pool3, pool4 '
+        'and conv5_3 on a 224-pixel image, and of conv5_3\'s top-right unit, whose field '
+        'hangs over the border (padding): conv5_3 sees '
+        f'{fields["conv5_3"]["size"]} px with a jump of {fields["conv5_3"]["jump"]}.',
+        command='python -c "import jaxviz; print(jaxviz.receptive_field.receptive_fields('
+                "'vgg16'))\"", numbers=fields),
+        'receptive_fields_vgg16', figures.receptive_field_figure(
+            image, boxes, labels, f'Figure {number}: {title} (224 px input)'))
+
+  def script_figure(self, number: int, model_name: str, title: str, caption: str,
+                    script: str, png: str, name: str, **flag_values):
+    """A figure drawn by one of the scripts, run as it is documented (its own process, its
+    own flags), copied into the index with that command."""
+    model = self.shapes_model() if model_name == 'shapes' else self.model(model_name)
+    command = self.model_command(script, model_name, model, **flag_values)
+    run_dir = os.path.join(self.out, 'runs', name)
+    args = shlex.split(command)[2:] + [f'--output_dir={run_dir}']
+    done = subprocess.run([sys.executable, os.path.join(SCRIPTS, f'{script}.py'), *args],
+                          capture_output=True, text=True)
+    if done.returncode:
+      last = (done.stderr.strip().splitlines() or ['no output'])[-1]
+      raise jaxviz.JaxvizError(f'{command} failed: {last}')
+    drawn = sorted(glob.glob(os.path.join(run_dir, png)))
+    if not drawn:
+      raise jaxviz.JaxvizError(f'{command} wrote no {png} into {run_dir}')
+    summary = ' '.join(line for line in done.stdout.strip().splitlines()
+                       if not line.startswith('wrote '))
+    entry = Entry(number, title, f'{caption} {summary}'.strip(), command=command,
+                  file=f'fig{number:02d}_{name}.png')
+    shutil.copyfile(drawn[0], os.path.join(self.out, entry.file))
+    self.entries.append(entry)
+
+  def features(self, numbers, model_name: str):
+    """Feature visualisation of one layer's channels: pixel basis and lucid's decorrelated
+    Fourier basis on the shapes model, the Fourier basis on SqueezeNet."""
+    steps = self.iterations(FEATURE_STEPS)
+    if model_name == 'shapes':
+      self.script_figure(
+          numbers[0], model_name, 'the shapes model: channels of features.5 maximised, pixel basis',
+          'Each tile: the image from mid-grey that maximises one channel\'s mean '
+          f'activation minus 1e-3 ||x||^2 ({steps} Adam steps, lr 0.1); dead channels '
+          'stay grey.', 'feature_visualization', 'feature_visualization.png',
+          'features_shapes_pixel', layer='features.5', channels='0-15', optimizer='adam',
+          learning_rate=0.1, num_iterations=steps)
+      self.script_figure(
+          numbers[1], model_name, 'the shapes model: channels of features.5 in the '
+          'decorrelated Fourier basis',
+          'The same channels ascended in lucid\'s Fourier basis with decorrelated '
+          f'colour (Olah et al. 2017), from noise, {2 * steps} Adam steps, jitter 2.',
+          'feature_visualization', 'feature_visualization.png', 'features_shapes_fourier',
+          layer='features.5', channels='0-15', parameterization='fourier',
+          decorrelate=True, init='noise', optimizer='adam', learning_rate=0.05,
+          max_jitter=2, num_iterations=2 * steps)
+    else:
+      self.script_figure(
+          numbers[0], model_name, f'{model_name}: channels of features.7 in the '
+          'decorrelated Fourier basis', f'{2 * steps} Adam steps from noise, jitter 8.',
+          'feature_visualization', 'feature_visualization.png', f'features_{model_name}',
+          layer='features.7', channels='0-15', parameterization='fourier', decorrelate=True,
+          init='noise', optimizer='adam', learning_rate=0.05, max_jitter=8,
+          num_iterations=2 * steps)
+
+  def inspection(self, numbers, model_name: str):
+    """Activation maps and first-layer filters (seed 002's first two ways to look inside
+    a network), the shapes model's deeper filters, DeepDream and the invariance study."""
+    first, layer = ('features.0_activation', 'features.3') if model_name == 'shapes' else (
+        'features.1', 'features.3')
+    self.script_figure(
+        numbers[0], model_name, f'{model_name}: activation maps of {layer}',
+        'Every channel of the layer for the first image, each on its own min-max scale; '
+        'dead (all-zero) channels blank.', 'activations', 'activations_*.png',
+        f'activations_{model_name}', layer=layer, num_images=1)
+    self.script_figure(
+        numbers[1], model_name, f'{model_name}: first-layer filters',
+        'The first convolution\'s kernels as RGB tiles, each scaled by its own min and max.',
+        'filters', 'filters.png', f'filters_{model_name}')
+    if model_name != 'shapes':
+      return
+    self.script_figure(
+        numbers[2], model_name, 'the shapes model: the kernels of features.2.expand3x3',
+        'Rows: output channels; columns: input channels; one colour scale centred on 0.',
+        'filters', 'filters.png', 'filters_deeper_shapes', layer='features.2.expand3x3')
+    self.script_figure(
+        numbers[3], model_name, 'the shapes model: DeepDream on features.5',
+        'mean(a^2) of the layer ascended over 3 octaves (scale 1.4) with jitter 8, '
+        f'{self.iterations(10)} normalised steps each.', 'deep_dream', 'deep_dream.png',
+        'deep_dream_shapes', layer='features.5', num_images=2, octaves=3,
+        steps_per_octave=self.iterations(10), max_jitter=8)
+    self.script_figure(
+        numbers[4], model_name, 'the shapes model: invariance to rotation, translation and scale',
+        'As Zeiler & Fergus\'s Fig. 5: distance of the first and top layers\' features to '
+        'the original\'s and the true class\'s probability, every transform of an image '
+        'in one vmapped call.', 'invariance', 'invariance.png', 'invariance_shapes',
+        num_images=5)
+
+  def top_images(self, number: int, model_name: str = 'shapes'):
+    """scripts/top_images.py on the generated shapes set: the top patches of 8 channels
+    with their DeconvNet projections."""
+    count = max(500, TOP_IMAGES // self.divisor)
+    self.script_figure(
+        number, model_name, 'the shapes model: the top-6 patches of features.5\'s first 8 channels',
+        f'{count} generated images streamed through the model (a running top-k for every '
+        'channel at once); each patch is the receptive field of the maximal unit, with '
+        'its Zeiler & Fergus projection beside it.', 'top_images', 'top_images.png',
+        'top_images_shapes', layer='features.5', source=f'shapes:{count}',
+        batch_size=256, channels='0-7', n=6)
+
   def run(self):
     plan = [
         ('squeezenet1_1', (1, 2), 'saliency', lambda: (
@@ -462,15 +598,25 @@ class Maker:
          lambda: self.attacks(22, 'shapes')),
         ('shapes', (23, 24), 'robust accuracy and transfer on the shapes models',
          lambda: self.attack_studies((23, 24))),
+        (None, (25,), 'receptive fields', lambda: self.receptive_fields(25)),
+        ('shapes', (26,), 'top patches over a dataset', lambda: self.top_images(26)),
+        ('shapes', (27, 28), 'feature visualisation on the shapes model',
+         lambda: self.features((27, 28), 'shapes')),
+        ('squeezenet1_1', (29,), 'feature visualisation',
+         lambda: self.features((29,), 'squeezenet1_1')),
+        ('shapes', (30, 31, 32, 33, 34), 'activations, filters, DeepDream and invariance '
+         'on the shapes model', lambda: self.inspection((30, 31, 32, 33, 34), 'shapes')),
+        ('squeezenet1_1', (35, 36), 'activation maps and filters',
+         lambda: self.inspection((35, 36), 'squeezenet1_1')),
     ]
     for model_name, numbers, title, make in plan:
       label = (f'figures {numbers[0]}-{numbers[-1]}' if len(numbers) > 1
                else f'figure {numbers[0]}')
-      if model_name not in self.models:
+      if model_name is not None and model_name not in self.models:
         print(f'{label}: {title}: skipped ({model_name} not in --models)', flush=True)
         self.skip(numbers, title, model_name)
         continue
-      print(f'{label}: {title} ({model_name}) ...', flush=True)
+      print(f'{label}: {title} ({model_name or "no weights"}) ...', flush=True)
       start = time.perf_counter()
       make()
       print(f'{label}: done in {time.perf_counter() - start:.1f} s', flush=True)

@@ -219,9 +219,10 @@ def test_make_figures_quick_indexes_every_figure(runs):
     index = f.read()
   with open(folder / 'index.html') as f:
     page = f.read()
-  for n in range(1, 17):
+  for n in range(1, 37):
     assert f'## Figure {n}:' in index
-  made = [1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+  # 25: receptive fields (no weights); 29, 35, 36: scripts run as their own processes.
+  made = [1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 17, 18, 21, 25, 29, 35, 36]
   for n in made:
     (png,) = [p for p in os.listdir(folder) if p.startswith(f'fig{n:02d}_')]
     assert f'src="{png}"' in page
@@ -229,6 +230,8 @@ def test_make_figures_quick_indexes_every_figure(runs):
   assert index.count('Skipped: vgg16 is not in --models') == 4  # figures 3, 4, 15, 16
   assert 'WEIGHTS WERE RANDOM' in index and 'QUICK MODE' in page
   assert 'scripts/class_visualization.py' in index  # each figure names its command
+  for script in ('feature_visualization', 'activations', 'filters'):
+    assert f'python scripts/{script}.py --weights=random --image_size=32' in index
   for label in ('figures 1-2', 'figures 5-6', 'figures 7-10', 'figures 13-14'):
     assert label in result.stdout  # progress per figure
   assert _manifest(folder)['flags']['quick'] is True
