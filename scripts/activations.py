@@ -11,7 +11,6 @@ results.npz (the activations, (N, h, w, C)) and manifest.json into --output_dir.
 shapes model the default --images=samples becomes generated shapes images.
 """
 
-import dataclasses
 import os
 import time
 
@@ -42,14 +41,8 @@ _SCALE = flags.DEFINE_enum(
 def main(argv):
   del argv
   common.check_flags(__name__)
-  images = common.attribution_images(_COMMON)  # generated shapes for the shapes model
-  count = _NUM_IMAGES.value or len(images.names)
-  if count > len(images.names):
-    raise jaxviz.InputError(f'--num_images={count} but {_COMMON.images.value} has '
-                            f'{len(images.names)} images')
-  images = dataclasses.replace(
-      images, images=images.images[:count], names=images.names[:count],
-      labels=None if images.labels is None else images.labels[:count])
+  images = common.first_images(_COMMON, _NUM_IMAGES.value)  # shapes for the shapes model
+  count = len(images.names)
   common.enable_compilation_cache()
   model = common.resolve_model(_COMMON.model.value, _COMMON.weights.value)
   layer = _LAYER.value or inspection.first_activation(model)

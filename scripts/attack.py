@@ -16,7 +16,6 @@ manifest.json into --output_dir, and prints a table per image and attack. On the
 model the default --images=samples becomes generated shapes images.
 """
 
-import dataclasses
 import os
 
 import numpy as np
@@ -91,14 +90,8 @@ def main(argv):
   epsilon_l2 = given(_EPSILON_L2, 'epsilon_l2')
   step_size = given(_STEP_SIZE, 'step_size')
   step_size_l2 = given(_STEP_SIZE_L2, 'step_size_l2')
-  images = common.attribution_images(_COMMON)  # generated shapes for the shapes model
-  count = _NUM_IMAGES.value or len(images.names)
-  if count > len(images.names):
-    raise jaxviz.InputError(f'--num_images={count} but {_COMMON.images.value} has '
-                            f'{len(images.names)} images')
-  images = dataclasses.replace(
-      images, images=images.images[:count], names=images.names[:count],
-      labels=None if images.labels is None else images.labels[:count])
+  images = common.first_images(_COMMON, _NUM_IMAGES.value)  # shapes for the shapes model
+  count = len(images.names)
   height, width = images.images.shape[1:3]
   l2_source = 'given' if epsilon_l2 is not None else 'default'
   if epsilon_l2 is None:

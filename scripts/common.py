@@ -1,6 +1,7 @@
 """What the absl scripts share: one-line errors, weights resolution, run manifests."""
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -444,6 +445,21 @@ def attribution_images(flags_) -> data.ImageSet:
   if flags_.model.value == 'shapes' and spec == 'samples':
     spec = 'shapes'
   return data.load_images(spec, flags_.image_size.value)
+
+
+def first_images(flags_, num_images: int) -> data.ImageSet:
+  """`attribution_images`' first `num_images` (0: all of them); a one-line InputError
+  when the set has fewer."""
+  images = attribution_images(flags_)
+  count = num_images or len(images.names)
+  if count > len(images.names):
+    source = ('the generated shapes set' if flags_.model.value == 'shapes'
+              and flags_.images.value == 'samples' else flags_.images.value)
+    raise jaxviz.InputError(f'--num_images={count} but {source} has '
+                            f'{len(images.names)} images')
+  return dataclasses.replace(
+      images, images=images.images[:count], names=images.names[:count],
+      labels=None if images.labels is None else images.labels[:count])
 
 
 # ----------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ manifest.json into --output_dir. On the shapes model the default --images=sample
 becomes generated shapes images.
 """
 
-import dataclasses
 import json
 import math
 import os
@@ -94,14 +93,8 @@ def main(argv):
   transforms = common.check_names(_TRANSFORMS.value, invariance.TRANSFORMS, '--transforms',
                                   'transform')
   given = {t: _numbers(_VALUE_FLAGS[t]) for t in invariance.TRANSFORMS}
-  images = common.attribution_images(_COMMON)  # generated shapes for the shapes model
-  count = _NUM_IMAGES.value or len(images.names)
-  if count > len(images.names):
-    raise jaxviz.InputError(f'--num_images={count} but {_COMMON.images.value} has '
-                            f'{len(images.names)} images')
-  images = dataclasses.replace(
-      images, images=images.images[:count], names=images.names[:count],
-      labels=None if images.labels is None else images.labels[:count])
+  images = common.first_images(_COMMON, _NUM_IMAGES.value)  # shapes for the shapes model
+  count = len(images.names)
   common.enable_compilation_cache()
   model = common.resolve_model(_COMMON.model.value, _COMMON.weights.value)
   layers = tuple(_LAYERS.value) if _LAYERS.value else invariance.default_layers(model)

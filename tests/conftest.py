@@ -1,6 +1,7 @@
-"""Shared set-up and fixtures. Nothing here imports torch: the tests that compare against
-torch import it (and torch_helpers) themselves and skip without it, so that the rest of the
-suite runs where the [test] extra's torch is not installed (`pytest -m "not slow"`)."""
+"""Shared set-up and fixtures. Nothing here imports torch when it is loaded: the tests that
+compare against torch import it themselves and skip without it (`model64` imports
+torch_helpers only when such a test asks for it), so that the rest of the suite runs where
+the [test] extra's torch is not installed (`pytest -m "not slow"`)."""
 
 import os
 
@@ -39,6 +40,23 @@ def counting(apply_fn):
   return counted, traces
 
 
+def counting_hooks(model):
+  """(a copy of the Model whose hooked_apply records the shape of every trace of it, the
+  list of shapes), emptied after `layer_names`' own trace: as `counting`, for the methods
+  that read a layer."""
+  import dataclasses
+  traces = []
+
+  def counted(params, x, hooks):
+    traces.append(x.shape)
+    return model.hooked_apply(params, x, hooks)
+
+  counted_model = dataclasses.replace(model, hooked_apply=counted)
+  assert counted_model.layer_names == model.layer_names  # traced once, cached
+  traces.clear()
+  return counted_model, traces
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m selects on the marks
 def pytest_collection_modifyitems(items):
   """Every test that needs the trained shapes model (shapes_cache, directly or through
@@ -51,6 +69,22 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope='session')
 def weights_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('weights'))
+
+
+@pytest.fixture(scope='module')
+def model64(request, weights_dir):
+  """The test module's random-init torchvision model (its NAME and SEED), converted to
+  jaxviz and loaded in float64: the model the float64 certifications compare against
+  torch_helpers.torch_model(NAME, SEED). Imports torch (through torch_helpers)."""
+  import jax
+  import jax.numpy as jnp
+
+  import jaxviz
+  from torch_helpers import converted_weights
+  name, seed = request.module.NAME, request.module.SEED
+  with jax.enable_x64(True):  # return, not yield: x64 must not leak into other tests
+    return jaxviz.load_model(name, converted_weights(name, seed, weights_dir),
+                             dtype=jnp.float64)
 
 
 @pytest.fixture(scope='session')

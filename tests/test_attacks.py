@@ -16,7 +16,7 @@ from conftest import counting  # noqa: E402
 from jaxviz import validation  # noqa: E402
 from jaxviz.errors import InputError  # noqa: E402
 from jaxviz.methods.attacks import NORMS, start_point  # noqa: E402
-from torch_helpers import converted_weights, to_nhwc, torch_model  # noqa: E402
+from torch_helpers import to_nhwc, torch_model  # noqa: E402
 
 NAME, SEED, SIZE = 'squeezenet1_1', 0, 48
 MEAN, STD = np.array(jaxviz.IMAGENET_MEAN), np.array(jaxviz.IMAGENET_STD)
@@ -30,12 +30,6 @@ EPSILON = {'linf': 8 / 255, 'l2': 0.5}  # pixel units; the L2 length over 48 * 4
 TOL64 = 1e-12
 COMBOS = [(norm, targeted) for norm in NORMS for targeted in (False, True)]
 
-
-@pytest.fixture(scope='module')
-def model64(weights_dir):
-  with jax.enable_x64(True):  # return, not yield: x64 must not leak into other tests
-    return jaxviz.load_model(NAME, converted_weights(NAME, SEED, weights_dir),
-                             dtype=jnp.float64)
 
 
 @pytest.fixture(scope='module')

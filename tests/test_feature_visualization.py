@@ -37,12 +37,6 @@ TOL64 = 1e-12
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def model64(weights_dir):
-  with jax.enable_x64(True):  # return, not yield: x64 must not leak into other tests
-    return jaxviz.load_model(NAME, converted_weights(NAME, SEED, weights_dir),
-                             dtype=jnp.float64)
-
 
 @pytest.fixture(scope='module')
 def model32(weights_dir):

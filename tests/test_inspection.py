@@ -3,7 +3,6 @@ against torch forward hooks on the random-init torchvision model; kernels equal 
 weights exactly; compilation, bad input, the figures, and the two scripts end to end."""
 
 import concurrent.futures
-import dataclasses
 import os
 import subprocess
 import sys
@@ -17,10 +16,10 @@ torch = pytest.importorskip('torch')  # the float64 references; the [test] extra
 
 import jaxviz  # noqa: E402
 import weights_convert  # noqa: E402
-from conftest import rel_err  # noqa: E402
+from conftest import counting_hooks, rel_err  # noqa: E402
 from jaxviz import figures, inspection, models  # noqa: E402
 from jaxviz.errors import InputError  # noqa: E402
-from torch_helpers import converted_weights, to_nhwc, torch_model  # noqa: E402
+from torch_helpers import to_nhwc, torch_model  # noqa: E402
 
 NAME, SEED, SIZE = 'squeezenet1_1', 0, 64
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,12 +27,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_LAYERS = ('features.1', 'features.3.expand3x3_activation', 'features.5',
                 'features.12')
 
-
-@pytest.fixture(scope='module')
-def model64(weights_dir):
-  with jax.enable_x64(True):  # return, not yield: x64 must not leak into other tests
-    return jaxviz.load_model(NAME, converted_weights(NAME, SEED, weights_dir),
-                             dtype=jnp.float64)
 
 
 @pytest.fixture(scope='module')
@@ -109,17 +102,9 @@ def test_activation_maps_default_and_any_model(shapes_random):
 
 def test_activation_maps_compile_once_per_shape_and_layer(shapes_random):
   model = shapes_random
-  traces = []
-
-  def counted(params, x, hooks):
-    traces.append(x.shape)
-    return model.hooked_apply(params, x, hooks)
-
-  counting = dataclasses.replace(model, hooked_apply=counted)
+  counting, traces = counting_hooks(model)
   x = model.preprocess(jaxviz.shapes.generate(3, seed=3).images)
   layer = 'features.3.expand1x1_activation'
-  assert counting.layer_names == model.layer_names  # traced once, cached
-  traces.clear()
   first = inspection.activation_maps(counting, model.params, x[:2], layer)
   second = inspection.activation_maps(counting, model.params, x[1:], layer)
   assert len(traces) == 1

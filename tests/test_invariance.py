@@ -4,7 +4,6 @@ written from the affine formula, the identity exactly, vmapped against per-value
 compilation, bad input, the trained shapes model, the figure and the script end to end."""
 
 import concurrent.futures
-import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 import jaxviz
+from conftest import counting_hooks
 from jaxviz import figures, invariance
 from jaxviz.errors import InputError
 
@@ -187,15 +187,7 @@ def test_batched_equals_per_value_calls(shapes_random, image):
 
 def test_compiles_once_per_shape(shapes_random, image):
   model = shapes_random
-  traces = []
-
-  def counted(params, x, hooks):
-    traces.append(x.shape)
-    return model.hooked_apply(params, x, hooks)
-
-  counting = dataclasses.replace(model, hooked_apply=counted)
-  assert counting.layer_names == model.layer_names  # traced once, cached
-  traces.clear()
+  counting, traces = counting_hooks(model)
   invariance.invariance_study(counting, model.params, image, 1, values=[0, 10, 20])
   invariance.invariance_study(counting, model.params, -image, 3, values=[5, 50, 500])
   assert traces == [(4, 64, 64, 3)]  # one call: the image and its 3 copies

@@ -25,11 +25,6 @@ NAME, SEED, SIZE = 'squeezenet1_1', 0, 128
 TOL64 = 1e-9
 
 
-@pytest.fixture(scope='module')
-def model64(weights_dir):
-  with jax.enable_x64(True):  # return, not yield: x64 must not leak into other tests
-    return jaxviz.load_model(NAME, converted_weights(NAME, SEED, weights_dir), dtype=jnp.float64)
-
 
 @pytest.fixture(scope='module')
 def inputs():
