@@ -33,7 +33,9 @@ class _Recorder(dict):
     return default
 
 
-@dataclasses.dataclass(frozen=True, eq=False)  # identity hash: usable as a static jit arg
+# eq=False: identity hash, usable as a static jit argument. repr=False: jax asks a traced
+# function for its repr (source info), and the generated one prints every weight array.
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Model:
   """A loaded classifier. `apply(params, images) -> logits` is pure and jittable.
 
@@ -55,6 +57,9 @@ class Model:
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   metadata: dict
+
+  def __repr__(self) -> str:
+    return f'Model({self.name!r}, {self.num_classes} classes)'
 
   def __call__(self, params, images):
     """`apply(params, images)`: a Model is usable wherever an apply_fn is."""

@@ -10,7 +10,10 @@ from jaxviz.preprocess import check_images
 
 
 def num_classes(apply_fn, params, image_shape) -> int:
-  """The logit count, from an abstract evaluation (no compute)."""
+  """The logit count: a `jaxviz.Model`'s class count, or an abstract evaluation of
+  apply_fn (no compute)."""
+  if params is getattr(apply_fn, 'params', None) and hasattr(apply_fn, 'class_names'):
+    return len(apply_fn.class_names)
   spec = jax.ShapeDtypeStruct((1, *image_shape), np.float32)
   return int(jax.eval_shape(apply_fn, params, spec).shape[-1])
 
@@ -33,6 +36,16 @@ def check_classes(classes, n: int, count: int, what: str) -> np.ndarray | jax.Ar
   if bad.size:
     raise InputError(f'{what} {bad.tolist()} out of range [0, {count})')
   return arr.astype(np.int32)
+
+
+def check_labels(labels, n: int, count: int, what: str = 'labels'):
+  """Labels for n images: n classes in [0, count), or, for one image, any number of them
+  (one image explained for many classes). Returns (labels, broadcast), broadcast True
+  when one image serves several labels."""
+  if n == 1 and not isinstance(labels, jax.core.Tracer) and np.ndim(labels) == 1:
+    labels = check_classes(labels, max(len(labels), 1), count, what)
+    return labels, len(labels) > 1
+  return check_classes(labels, n, count, what), False
 
 
 def check_batch(images):

@@ -262,6 +262,85 @@ def test_batch_equals_single_calls(model, images, name):
     np.testing.assert_allclose(batch[i], single, rtol=1e-5, atol=atol)
 
 
+_MANY_TARGETS = {  # the public functions that take one image with many labels
+    'gradient': lambda m, x, y, k: jaxviz.attribute('gradient', m, m.params, x, y, reduce=None),
+    'guided_backprop': lambda m, x, y, k: jaxviz.guided_backprop(m, m.params, x, y),
+    'grad_cam': lambda m, x, y, k: jaxviz.grad_cam(m, m.params, x, y),
+    'smoothgrad': lambda m, x, y, k: jaxviz.smoothgrad(m, m.params, x, y, key=k, samples=4),
+    'integrated_gradients': lambda m, x, y, k: jaxviz.integrated_gradients(
+        m, m.params, x, y, steps=4, step_chunk=None).attributions,
+    'occlusion': lambda m, x, y, k: jaxviz.occlusion(m, m.params, x, y, window=12, stride=9,
+                                                     window_chunk=None).attribution,
+}
+
+
+@pytest.mark.parametrize('name', list(_MANY_TARGETS))
+def test_one_image_many_labels_equals_separate_calls(model, images, name):
+  labels, key = np.array([3, 400, 999, 3]), jax.random.key(2)
+  fn = _MANY_TARGETS[name]
+  many = fn(model, images[:1], labels, key)
+  assert many.shape[0] == len(labels)
+  keys = jax.random.split(key, len(labels))  # one key per label, as for one per image
+  for i, label in enumerate(labels):
+    single = fn(model, images[:1], labels[i:i + 1], keys[i:i + 1])[0]
+    # float32 round-off of a batched against an unbatched backward pass, ~1e-7 of the
+    # values; the forward pass is the same computation either way.
+    np.testing.assert_allclose(many[i], single, rtol=1e-5, atol=1e-6 * np.abs(single).max())
+  if name != 'smoothgrad':  # (whose keys, one per label, draw other noise)
+    np.testing.assert_array_equal(many[0], many[3])  # the same label twice: the same map
+
+
+def _conv_inputs(fn) -> list[tuple[int, int]]:
+  """(batch size, input size) of every convolution in fn's program (vmap folds a batch
+  into a convolution's batch axis, so work done once per label shows here T times)."""
+  convs = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'conv_general_dilated':
+        shape = eqn.invars[0].aval.shape
+        convs.append((shape[eqn.params['dimension_numbers'].lhs_spec[0]],
+                      int(np.prod(shape))))
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+          sub = getattr(sub, 'jaxpr', sub)
+          if hasattr(sub, 'eqns'):
+            walk(sub)
+
+  walk(jax.make_jaxpr(fn)().jaxpr)
+  return convs
+
+
+def _conv_input_elements(fn) -> int:
+  return sum(size for _, size in _conv_inputs(fn))
+
+
+def test_one_image_many_labels_shares_the_forward_pass(model, images):
+  labels = np.array([3, 50, 400, 999])
+  image, copies = images[:1], jnp.repeat(images[:1], 4, axis=0)
+  work = lambda name, x, y: _conv_input_elements(
+      lambda: _MANY_TARGETS[name](model, x, y, jax.random.key(0)))
+  # Occlusion's forward passes do not depend on the label: 4 labels cost what 1 does.
+  assert work('occlusion', image, labels) == work('occlusion', image, labels[:1])
+  assert work('occlusion', copies, labels) == 4 * work('occlusion', image, labels[:1])
+  # Grad-CAM: one forward pass, and a backward pass per label only from the logits to
+  # the layer (SqueezeNet's classifier convolution): about a quarter of 4 copies' work.
+  assert work('grad_cam', image, labels) < 0.4 * work('grad_cam', copies, labels)
+  # Integrated gradients: the path's forward passes once, its backward passes per label
+  # (each as large as the forward): (1 + 4) / (4 + 4) of 4 copies' work.
+  shared, repeated = work('integrated_gradients', image, labels), work(
+      'integrated_gradients', copies, labels)
+  assert shared < 0.7 * repeated, (shared, repeated)
+  # With labels sharing the path, step_chunk bounds points x labels per pass (4 labels,
+  # step_chunk 8: 2 points a pass, 8 backward passes), as it bounds points for one label.
+  chunked = _conv_inputs(lambda: jaxviz.integrated_gradients(
+      model, model.params, image, labels, steps=6, step_chunk=8).attributions)
+  assert max(batch for batch, _ in chunked) == 8
+  one = _conv_inputs(lambda: jaxviz.integrated_gradients(
+      model, model.params, image, labels[:1], steps=6, step_chunk=8).attributions)
+  assert max(batch for batch, _ in one) == 6  # one label: all 6 points in one pass
+
+
 def test_vmap_over_targets_equals_separate_calls(model, images):
   targets = jnp.array([3, 50, 700, 999])
   cams = jax.jit(jax.vmap(lambda t: M.grad_cam_one(model, model.params, images[0], t)))(targets)

@@ -259,3 +259,12 @@ def test_class_lookup():
     model.class_index('tarantla')
   with pytest.raises(jaxviz.InputError, match='out of range'):
     model.class_index(1000)
+
+
+def test_model_repr_is_short():
+  # jax reads a traced function's repr (source info) on every call of a method that gets
+  # a Model as its apply_fn: a generated dataclass repr printing every weight cost
+  # ~0.1 s a call.
+  model = jaxviz.load_model('squeezenet1_1', 'random')
+  assert repr(model) == "Model('squeezenet1_1', 1000 classes)"
+  assert jaxviz.validation.num_classes(model, model.params, (32, 32, 3)) == 1000

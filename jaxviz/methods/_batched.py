@@ -17,7 +17,10 @@ once. The driver does the rest, identically for every method:
   kernels asked for, canonical convolutions in loop bodies, one example per loop for
   iterative methods by default;
 - for iterative methods given `progress`, passes `on_step(t)` to the per-example function
-  and reports, on the host, how far the whole run is.
+  and reports, on the host, how far the whole run is;
+- with `broadcast`, passes a batched argument given for one example (one image for many
+  labels) unbatched to every example, so that `vmap` computes what depends on it alone
+  (the forward pass through the image) once for all of them.
 
 Input checks that depend on the method stay with the method's public function; the driver
 checks what it owns (chunk_size, devices, cpu_kernels, agreeing batch sizes).
@@ -62,23 +65,25 @@ class BatchedMethod:
     self.iterative = iterative
     self._compiled = _xla_cpu.jit_variants(
         self._program,
-        static_argnames=('apply_fn', 'options', 'chunk_size', 'mesh', 'progress', 'num_steps'))
+        static_argnames=('apply_fn', 'options', 'chunk_size', 'mesh', 'progress', 'num_steps',
+                         'names'))
 
   def _program(self, apply_fn, params, batch, shared, *, options, chunk_size, mesh,
-               progress, num_steps):
+               progress, num_steps, names):
     options = dict(options)
+    batched_names, shared_names = names
 
     def local(params, batch, shared):  # one device's slice of the batch
       size = parallel.batch_size(batch)
 
       def chunk(xs):  # a vmap over at most chunk_size examples
         batch, position = xs
-        kwargs = dict(options, **dict(zip(self.replicated, shared)))
+        kwargs = dict(options, **dict(zip(shared_names, shared)))
         if progress is not None:
           kwargs['on_step'] = _progress_callback(progress, num_steps, position, size)
 
         def one(*values):
-          return self.example_fn(apply_fn, params, **dict(zip(self.batched, values)), **kwargs)
+          return self.example_fn(apply_fn, params, **dict(zip(batched_names, values)), **kwargs)
 
         return jax.vmap(one)(*batch)
 
@@ -89,7 +94,7 @@ class BatchedMethod:
   def __call__(self, apply_fn, params, *, chunk_size: int | None = None,
                devices: parallel.Devices = None, cpu_kernels: str | None = None,
                progress: Callable | None = None, num_steps: int | None = None,
-               options: dict | None = None, **arrays):
+               options: dict | None = None, broadcast: Sequence[str] = (), **arrays):
     """Runs the method over a batch.
 
     Args:
@@ -99,6 +104,8 @@ class BatchedMethod:
         [0, num_steps) as the run advances.
       num_steps: the loop's step count (for progress).
       options: static keyword arguments of the per-example function.
+      broadcast: names in `batched` whose arrays hold one example (leading size 1) for
+        all the others: each example gets that one value, unbatched.
       **arrays: one per name in `batched` and `replicated`.
 
     Returns:
@@ -113,15 +120,27 @@ class BatchedMethod:
       chunk_size = _xla_cpu.loop_chunk_size(mesh)
     if progress is not None and not (self.iterative and num_steps):
       raise InputError('progress needs an iterative method and its step count')
-    batch = tuple(arrays[name] for name in self.batched)
-    shared = tuple(arrays[name] for name in self.replicated)
+    broadcast = tuple(broadcast)
+    if set(broadcast) - set(self.batched):
+      raise TypeError(f'broadcast {broadcast} must name batched arrays {self.batched}')
+    batched_names = tuple(name for name in self.batched if name not in broadcast)
+    shared_names = self.replicated + broadcast
+    for name in broadcast:
+      if {leaf.shape[0] for leaf in jax.tree.leaves(arrays[name])} != {1}:
+        raise InputError(f'{name}: broadcast needs one example, got shape '
+                         f'{[leaf.shape for leaf in jax.tree.leaves(arrays[name])]}')
+    batch = tuple(arrays[name] for name in batched_names)
+    shared = tuple(arrays[name] for name in self.replicated) + tuple(
+        jax.tree.map(lambda leaf: leaf[0], arrays[name]) for name in broadcast)
+    if not batched_names:
+      raise TypeError('broadcast leaves nothing batched')
     if parallel.batch_size(batch) == 0:
       raise InputError('the batch is empty')
     nested = any(isinstance(leaf, jax.core.Tracer)
                  for leaf in jax.tree.leaves((params, batch, shared)))
     run = self._compiled(cpu_kernels, mesh, nested)
     static = dict(options=tuple(sorted((options or {}).items())), chunk_size=chunk_size,
-                  progress=progress, num_steps=num_steps)
+                  progress=progress, num_steps=num_steps, names=(batched_names, shared_names))
     if mesh is None:
       return run(apply_fn, params, batch, shared, mesh=None, **static)
     batch, n = parallel.shard_batch(batch, mesh)

@@ -127,7 +127,9 @@ def attribute(method, apply_fn, params, images, labels, *, key=None,
       per-example function with the protocol's signature (see the module docstring).
     apply_fn, params: the model, as from `jaxviz.load_model`.
     images: (N, H, W, 3) normalised images.
-    labels: (N,) classes to attribute (or one for all).
+    labels: (N,) classes to attribute (or one for all); for one image (N = 1), any number
+      T of classes: (T,) maps of that image, its forward pass computed once for all of
+      them (`vmap` leaves what depends on the image alone unbatched).
     key: a PRNG key, split into one per image (or N keys); None: jax.random.key(0).
       Only stochastic methods use it; the same key gives the same maps.
     reduce: 'max_abs', 'sum_abs' or 'l2' for (N, H, W) maps, None for the signed
@@ -145,11 +147,11 @@ def attribute(method, apply_fn, params, images, labels, *, key=None,
   fn = resolve(method)
   images = validation.check_batch(images)
   n = images.shape[0]
-  labels = validation.check_classes(
-      labels, n, validation.num_classes(apply_fn, params, images.shape[1:]), 'labels')
+  labels, broadcast = validation.check_labels(
+      labels, n, validation.num_classes(apply_fn, params, images.shape[1:]))
   if reduce is not None:
     validation.check_choice(reduce, tuple(REDUCTIONS), 'reduce')
-  keys = validation.split_keys(jax.random.key(0) if key is None else key, n)
+  keys = validation.split_keys(jax.random.key(0) if key is None else key, len(labels))
   method_options = tuple(sorted(options.items()))
   try:
     hash(method_options)
@@ -159,7 +161,8 @@ def attribute(method, apply_fn, params, images, labels, *, key=None,
   return _batched(apply_fn, params, image=images, label=labels, key=keys,
                   chunk_size=chunk_size, devices=devices, cpu_kernels=cpu_kernels,
                   options={'method': fn, 'reduce': reduce,
-                           'method_options': method_options})
+                           'method_options': method_options},
+                  broadcast=('image',) if broadcast else ())
 
 
 def attribution_maps(model, method, images, labels, *, params=None, key=None,

@@ -120,6 +120,8 @@ def occlusion(apply_fn, params, images, labels, *, window: int = 16, stride: int
               chunk_size: int | None = None, devices: parallel.Devices = None,
               cpu_kernels: str | None = None) -> Occlusion:
   """`occlusion_one` over a batch: (N, H, W, 3) images, (N,) labels -> `Occlusion`.
+  One image with (T,) labels gives T results from one pass over the occluded images (the
+  labels share every forward pass).
 
   Compiled once per (apply_fn, shapes, window, stride, fill, chunking, devices,
   kernels). `window_chunk` bounds one image's occluded batch, `chunk_size` how many
@@ -127,8 +129,8 @@ def occlusion(apply_fn, params, images, labels, *, window: int = 16, stride: int
   """
   images = validation.check_batch(images)
   n, h, w = images.shape[:3]
-  labels = validation.check_classes(labels, n, validation.num_classes(
-      apply_fn, params, images.shape[1:]), 'labels')
+  labels, broadcast = validation.check_labels(labels, n, validation.num_classes(
+      apply_fn, params, images.shape[1:]))
   window, stride = check_options(window, stride, window_chunk)
   window_starts(min(h, w), window, stride)
   if not np.isfinite(float(fill)):
@@ -136,4 +138,5 @@ def occlusion(apply_fn, params, images, labels, *, window: int = 16, stride: int
   return _batched(apply_fn, params, image=images, label=labels, chunk_size=chunk_size,
                   devices=devices, cpu_kernels=cpu_kernels,
                   options=dict(window=window, stride=stride, fill=float(fill),
-                               window_chunk=window_chunk))
+                               window_chunk=window_chunk),
+                  broadcast=('image',) if broadcast else ())
