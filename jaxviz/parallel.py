@@ -152,10 +152,12 @@ def map_chunks(fn: Callable[[Any], Any], xs, chunk_size: int | None):
 
   `fn` maps a batch (a pytree of arrays with a common leading axis) to a pytree of
   per-example results with the same leading size. With `chunk_size` None, or at least the
-  batch, this is `fn(xs)`. Otherwise the batch is padded (repeating its last example) to a
-  multiple of `chunk_size` and `lax.map` runs `fn` on one chunk after the other inside the
-  compiled program, so only one chunk's intermediates are alive at a time; results are
-  trimmed to the real examples. Usable inside `jit`, `shard_map` and `data_parallel`.
+  batch, this is `fn(xs)`. Otherwise the batch is split into the fewest chunks of at most
+  `chunk_size`, as even as possible (50 examples at chunk_size 32: two chunks of 25, not
+  64 with 14 copies), padded where they do not divide it (repeating the last example),
+  and `lax.map` runs `fn` on one chunk after the other inside the compiled program, so
+  only one chunk's intermediates are alive at a time; results are trimmed to the real
+  examples. Usable inside `jit`, `shard_map` and `data_parallel`.
 
   On CPU the loop body's convolutions are kept on XLA:CPU's fast path
   (`jaxviz._xla_cpu.loop_body`): a gradient inside `lax.map` is otherwise several times
@@ -171,9 +173,10 @@ def map_chunks(fn: Callable[[Any], Any], xs, chunk_size: int | None):
     return fn(xs)
   if int(chunk_size) != chunk_size or chunk_size < 1:
     raise InputError(f'chunk_size must be a positive integer or None, got {chunk_size}')
-  padded, _ = pad_batch(xs, chunk_size)
   chunks = math.ceil(n / chunk_size)
-  split = jax.tree.map(lambda a: a.reshape(chunks, chunk_size, *a.shape[1:]), padded)
+  size = math.ceil(n / chunks)  # <= chunk_size; pads fewer than `chunks` examples
+  padded, _ = pad_batch(xs, size)
+  split = jax.tree.map(lambda a: a.reshape(chunks, size, *a.shape[1:]), padded)
   out = jax.lax.map(_xla_cpu.loop_body(fn), split)
-  return jax.tree.map(lambda a: a.reshape(chunks * chunk_size, *a.shape[2:])[:n], out)
+  return jax.tree.map(lambda a: a.reshape(chunks * size, *a.shape[2:])[:n], out)
 

@@ -724,3 +724,19 @@ def test_per_example_functions_check_images_and_classes(model, images, call, mat
   with pytest.raises(InputError, match=match) as e:
     call(model, images)
   assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('n, chunk, sizes', [(50, 32, {25}), (729, 32, {32}), (7, 3, {3}),
+                                             (5, 8, {5}), (6, 2, {2})])
+def test_map_chunks_splits_evenly(n, chunk, sizes):
+  """The fewest chunks of at most chunk_size, as even as possible: 50 at 32 is two of 25
+  (padding 50 to 64 would compute 28% more), and the results are fn's, in order."""
+  seen = set()
+
+  def fn(x):
+    seen.add(x.shape[0])
+    return x * 2 + 1
+
+  xs = jnp.arange(n, dtype=jnp.float32)
+  np.testing.assert_array_equal(jaxviz.parallel.map_chunks(fn, xs, chunk), xs * 2 + 1)
+  assert seen == sizes

@@ -116,7 +116,10 @@ def integrated_gradients(apply_fn, params, images, labels, *, baseline=None,
                          devices: parallel.Devices = None,
                          cpu_kernels: str | None = None) -> IntegratedGradients:
   """`integrated_gradients_one` over a batch: (N, H, W, 3) images, (N,) labels ->
-  `IntegratedGradients` (attributions (N, H, W, 3), gap (N,)).
+  `IntegratedGradients` (attributions (N, H, W, 3), gap (N,)). One image with (T,)
+  labels gives T results, the forward passes along the path shared by the labels; then
+  `step_chunk` bounds path points times labels per pass (the labels in flight, T or
+  `chunk_size`, share step_chunk // labels points), so memory stays one label's.
 
   baseline: None (zeros), one (H, W, 3) image for all, or (N, H, W, 3), one per image
   (traced: a new baseline does not recompile). Compiled once per (apply_fn, shapes,
@@ -124,10 +127,17 @@ def integrated_gradients(apply_fn, params, images, labels, *, baseline=None,
   """
   images = validation.check_batch(images)
   n = images.shape[0]
-  labels = validation.check_classes(labels, n, validation.num_classes(
-      apply_fn, params, images.shape[1:]), 'labels')
+  labels, broadcast = validation.check_labels(labels, n, validation.num_classes(
+      apply_fn, params, images.shape[1:]))
   path_rule(steps, rule)
   validation.check_chunk_size(step_chunk)
+  if broadcast and step_chunk is not None:
+    # The labels in flight share each path point's forward pass, and each carries its own
+    # backward pass through it: step_chunk bounds the backward passes in flight, so that
+    # memory stays what it is for one label (16 labels, step_chunk 32: 2 points a pass).
+    in_flight = len(labels) if chunk_size is None else min(
+        validation.check_chunk_size(chunk_size), len(labels))
+    step_chunk = max(1, step_chunk // in_flight)
   if baseline is None:
     baseline = jnp.zeros_like(images)
   else:
@@ -139,4 +149,5 @@ def integrated_gradients(apply_fn, params, images, labels, *, baseline=None,
         jnp.broadcast_to(jnp.asarray(baseline, images.dtype), images.shape))
   return _batched(apply_fn, params, image=images, label=labels, baseline=baseline,
                   chunk_size=chunk_size, devices=devices, cpu_kernels=cpu_kernels,
-                  options=dict(steps=int(steps), rule=rule, step_chunk=step_chunk))
+                  options=dict(steps=int(steps), rule=rule, step_chunk=step_chunk),
+                  broadcast=('image', 'baseline') if broadcast else ())
