@@ -4,6 +4,10 @@
       [--workloads=methods,gradient_step,attacks] [--threads=N]
       [--cpu_kernels=model|xla|eigen] [--conv_profile_batch=B]
       [--output_json=outputs/benchmark.json]
+  python scripts/benchmark.py --peers [--peer_libraries=captum,grad_cam,torchattacks]
+      [--peer_workloads=...] [--peer_batch_sizes=1,16] [--targets=16] [--sweep_levels=8]
+      [--ig_steps=50] [--smoothgrad_samples=50] [--step_chunk=32] [--peer_chunk_size=1]
+      [--round_budget_s=120] [--ig_memory_steps=200] [--ig_memory_bound_mib=0] [--quick]
 
 Both sides get the same random-init torchvision weights (float32, converted for jaxviz)
 and the same inputs. Measured, alternating jaxviz and torch calls so that machine drift
@@ -46,6 +50,23 @@ calls; it never goes down, so its growth is attributable to a workload only when
 workload sets a new peak. --workloads picks the groups that run: methods (item 1),
 gradient_step (items 2-4; item 4 also needs methods or attacks) and attacks (item 5). Prints
 fixed-width tables; writes JSON to --output_json.
+
+--peers runs, instead of the course workloads, jaxviz against the libraries its users
+would otherwise use (pip install -e '.[bench]'; scripts/peers.py has the adapters and what
+each passes): Grad-CAM, guided backprop, integrated gradients (--ig_steps, gausslegendre),
+SmoothGrad (--smoothgrad_samples, noise level 0.15) and occlusion (window 16, stride 8)
+against captum at each of --peer_batch_sizes; Grad-CAM against pytorch-grad-cam, FGSM and
+PGD-Linf (--attack_steps, epsilon --attack_epsilon) against torchattacks at the largest;
+many_targets (one image, --targets classes: Grad-CAM, integrated gradients, occlusion) and
+sweep (one image, --sweep_levels SmoothGrad noise levels), which jaxviz runs in one call
+and the peers in a Python loop, as their users do; and, asked for by name, ig_memory:
+integrated gradients of one image with --ig_memory_steps steps, its peak memory against a
+bound. --peer_libraries=reference puts the repo's torch references (tests/) in place of
+the libraries. Per row: medians of steady calls (up to --repeats rounds within
+--round_budget_s, the rounds run recorded), the first calls apart, each side's peak
+resident-set growth during its calls (sampled every ~2 ms above the resident set just
+before the call) and how the two outputs agree. --quick: 64 px, batch sizes 1 and 2, 3
+targets, 2 levels, 4 steps and samples, 2 per pass, 8 ig_memory steps, one round.
 """
 
 import json
@@ -70,6 +91,8 @@ import numpy as np  # noqa: E402
 
 import jaxviz  # noqa: E402
 import common  # noqa: E402  (one-line errors, flag checks; absl logging verbosity)
+import peers  # noqa: E402  (--peers: the peer workloads; timing and agreement helpers)
+from peers import attack_agreement, timed, to_torch  # noqa: E402
 
 _MODELS = flags.DEFINE_list('models', ['squeezenet1_1', 'vgg16'], 'Architectures.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Side of the square inputs.',
@@ -127,18 +150,58 @@ _CONV_PROFILE_BATCH = flags.DEFINE_integer(
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the weights and inputs.', lower_bound=0)
 _OUTPUT_JSON = flags.DEFINE_string('output_json', os.path.join('outputs', 'benchmark.json'),
                                    'Where the results go (JSON).')
+_PEERS = flags.DEFINE_bool(
+    'peers', False, 'Run the peer workloads (--peer_workloads against --peer_libraries) '
+    'instead of the course ones (--workloads).')
+_PEER_LIBRARIES = flags.DEFINE_list(
+    'peer_libraries', list(peers.DEFAULT_LIBRARIES), 'With --peers: captum, grad_cam '
+    "(pytorch-grad-cam), torchattacks (pip install -e '.[bench]'), or reference (the repo's "
+    'torch references in tests/, no extra package).')
+_PEER_WORKLOADS = flags.DEFINE_list(
+    'peer_workloads', list(peers.DEFAULT_WORKLOADS), 'With --peers: any of '
+    f'{", ".join(peers.WORKLOADS)}. ig_memory (integrated gradients with --ig_memory_steps '
+    'steps at batch 1 against a memory bound) is left out by default.')
+_PEER_BATCH_SIZES = flags.DEFINE_list(
+    'peer_batch_sizes', ['1', '16'], 'Batch sizes of the attribution workloads; the largest '
+    'is the batch of pytorch-grad-cam and of the attacks.')
+_TARGETS = flags.DEFINE_integer('targets', 16, 'many_targets: classes explained for one image.',
+                                lower_bound=1)
+_SWEEP_LEVELS = flags.DEFINE_integer('sweep_levels', 8, 'sweep: SmoothGrad noise levels, '
+                                     'evenly from 0.05 to 0.4.', lower_bound=1)
+_IG_STEPS = flags.DEFINE_integer('ig_steps', 50, 'Integrated gradients: path points.',
+                                 lower_bound=1)
+_SMOOTHGRAD_SAMPLES = flags.DEFINE_integer('smoothgrad_samples', 50, 'SmoothGrad: noisy '
+                                           'copies (noise level 0.15).', lower_bound=1)
+_STEP_CHUNK = flags.DEFINE_integer(
+    'step_chunk', 32, "Per image and pass: integrated gradients' path points (step_chunk), "
+    "SmoothGrad's copies (sample_chunk), occlusion's occluded images (window_chunk), in "
+    "jaxviz; captum's batch parameters are matched to it.", lower_bound=1)
+_PEER_CHUNK_SIZE = flags.DEFINE_integer(
+    'peer_chunk_size', 1, "Images at a time in jaxviz's integrated gradients, SmoothGrad and "
+    'occlusion (their chunk_size): memory grows with it times --step_chunk.', lower_bound=1)
+_OCCLUSION_WINDOW = flags.DEFINE_integer('occlusion_window', 16, 'Occlusion: window side, px.',
+                                         lower_bound=1)
+_OCCLUSION_STRIDE = flags.DEFINE_integer('occlusion_stride', 8, 'Occlusion: stride, px.',
+                                         lower_bound=1)
+_ROUND_BUDGET_S = flags.DEFINE_float(
+    'round_budget_s', 120.0, 'With --peers: a workload stops its timed rounds (after at least '
+    'one) when another would take it past this many seconds; the JSON records the rounds run.')
+_PEER_SIDES = flags.DEFINE_enum(
+    'peer_sides', 'both', ['both', 'jax', 'peer'], 'With --peers: both sides alternating '
+    '(default), or one side alone in the process (the other a no-op): a check that the '
+    "two sides' threads and memory do not slow each other.")
+_IG_MEMORY_STEPS = flags.DEFINE_integer('ig_memory_steps', 200, 'ig_memory: path points.',
+                                        lower_bound=1)
+_IG_MEMORY_BOUND_MIB = flags.DEFINE_float(
+    'ig_memory_bound_mib', 0.0, "ig_memory: the bound on jaxviz's peak resident-set growth, "
+    "MiB; 0: the model's weights plus --step_chunk path points of "
+    f'{peers.IG_POINT_FACTOR:g} forward activations each (peers.ig_memory_bound_mib).')
 
 
 def max_rss_mib() -> float:
   """The process's peak resident set so far (Linux reports KiB, macOS bytes)."""
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss / (2**20 if sys.platform == 'darwin' else 2**10)
-
-
-def timed(fn) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
 
 
 def compare(jax_fn, torch_fn, repeats: int) -> dict:
@@ -184,11 +247,6 @@ def build_models(name: str, seed: int, directory: str):
       'class_names': list(jaxviz.imagenet_class_names()),
       'mean': list(jaxviz.IMAGENET_MEAN), 'std': list(jaxviz.IMAGENET_STD)})
   return tmodel, jaxviz.load_model(name, path)
-
-
-def to_torch(x_nhwc):
-  import torch
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x_nhwc).transpose(0, 3, 1, 2)))
 
 
 def gemm_rate(n: int, repeats: int) -> dict:
@@ -276,26 +334,6 @@ def targets_with_gradient(logits: np.ndarray) -> np.ndarray:
   return targets.astype(np.int32)
 
 
-def agreement(jax_pixels, torch_pixels, clean) -> dict:
-  """How far jaxviz's adversarial pixels (NHWC) are from torch's (NCHW): the fractions of
-  pixels and of whole images within 1e-5 (float32 rounding of a few additions is ~1e-7),
-  the largest difference, and the relative difference of the perturbations.
-
-  Where they part, float32 noise has decided a discontinuity of the gradient: a sign step
-  taken the other way on a near-zero component moves that pixel by 2 step sizes, and an
-  iterate that lands within rounding of a ReLU or max-pool kink gets a gradient that
-  differs by percents (then so do all later steps of that image)."""
-  j = np.asarray(jax_pixels, np.float64)
-  t = np.asarray(torch_pixels, np.float64).transpose(0, 2, 3, 1)
-  delta_t = t - np.asarray(clean, np.float64)
-  diff = np.abs(j - t)
-  return {'pixels_within_1e-5': float(np.mean(diff <= 1e-5)),
-          'images_within_1e-5': float(np.mean(np.all(diff <= 1e-5, axis=(1, 2, 3)))),
-          'max_abs_diff': float(diff.max()),
-          'perturbation_rel_diff': float(np.linalg.norm(j - t) /
-                                         max(np.linalg.norm(delta_t), 1e-30))}
-
-
 def bench_attacks(tmodel, model, cfg: dict, values: np.ndarray, kernels: str) -> dict:
   """Item 5: FGSM, PGD-Linf and PGD-L2 on one batch, jaxviz against tests/torch_attacks.
 
@@ -354,7 +392,7 @@ def bench_attacks(tmodel, model, cfg: dict, values: np.ndarray, kernels: str) ->
     out[name] = dict(r, images=n, steps=num_steps, norm=norm, epsilon=epsilon,
                      step_size=step_size,
                      success_rate=float(np.mean(np.asarray(last['jax'].success))),
-                     **agreement(last['jax'].pixels, last['torch'].numpy(), clean))
+                     **attack_agreement(last['jax'].pixels, last['torch'].numpy(), clean))
   return out
 
 
@@ -561,6 +599,54 @@ def print_tables(results: dict):
           '(pixel units).')
 
 
+def run_peers(cfg: dict, libraries, workloads):
+  """--peers: every model's peer rows (scripts/peers.py), a table each, one JSON."""
+  import torch
+  versions = peers.check_libraries(libraries)
+  quick = cfg['quick']
+  cfg = dict(
+      cfg, peer_libraries=list(libraries), peer_workloads=list(workloads),
+      peer_batch_sizes=[1, 2] if quick else sorted({int(b) for b in _PEER_BATCH_SIZES.value}),
+      targets=3 if quick else _TARGETS.value,
+      sweep_levels=2 if quick else _SWEEP_LEVELS.value,
+      ig_steps=4 if quick else _IG_STEPS.value,
+      smoothgrad_samples=4 if quick else _SMOOTHGRAD_SAMPLES.value, noise_level=0.15,
+      step_chunk=2 if quick else _STEP_CHUNK.value, peer_chunk_size=_PEER_CHUNK_SIZE.value,
+      occlusion_window=_OCCLUSION_WINDOW.value, occlusion_stride=_OCCLUSION_STRIDE.value,
+      round_budget_s=_ROUND_BUDGET_S.value, peer_sides=_PEER_SIDES.value,
+      ig_memory_steps=8 if quick else _IG_MEMORY_STEPS.value,
+      ig_memory_bound_mib=_IG_MEMORY_BOUND_MIB.value)
+  for key in ('workloads', 'saliency_batch', 'fooling_images', 'fooling_steps', 'fooling_lr',
+              'classviz_steps', 'batch_sizes', 'gemm_size', 'conv_profile_batch',
+              'attack_batch', 'attack_l2_epsilon'):
+    cfg.pop(key)  # the course workloads' settings
+  if cfg['occlusion_window'] > cfg['image_size']:
+    raise jaxviz.InputError(f"--occlusion_window={cfg['occlusion_window']} is larger than "
+                            f"the images ({cfg['image_size']} px)")
+  results = {'machine': dict(machine_info(torch), peers=versions), 'config': cfg,
+             'models': {}}
+  with tempfile.TemporaryDirectory() as directory:
+    for name in _MODELS.value:
+      print(f'{name}:', flush=True)
+      tmodel, model = build_models(name, cfg['seed'], directory)
+      kernels = model.cpu_kernels if cfg['cpu_kernels'] == 'model' else cfg['cpu_kernels']
+      results['models'][name] = {'cpu_kernels': kernels, 'rows': peers.run(
+          tmodel, model, cfg, kernels, libraries, workloads)}
+  m = results['machine']
+  print(f"\n{m['cpu_model'] or m['processor']}, {m['cpu_count']} CPUs, jax {m['jax']}, torch "
+        f"{m['torch']} ({m['torch_threads']} threads)"
+        + ''.join(f', {k} {v}' for k, v in versions.items() if k != 'reference'))
+  for name, r in results['models'].items():
+    peers.print_table(f"{name} ({r['cpu_kernels']} kernels)", r['rows'])
+  print("\nagreement: rel = relative L2 difference of the same quantity; corr = correlation "
+        '(SmoothGrad with different noise; pytorch-grad-cam after its min-max scaling and '
+        'resize); <=1e-5 = share of adversarial pixels within 1e-5; succ = success rates '
+        '(jaxviz/peer; PGD from different random starts).')
+  jaxviz.checkpoint.atomic_write(_OUTPUT_JSON.value, lambda f: f.write(
+      json.dumps(results, indent=2, default=str).encode()))
+  print(f'wrote {_OUTPUT_JSON.value}')
+
+
 @common.one_line_errors
 def main(argv):
   del argv
@@ -573,9 +659,19 @@ def main(argv):
   unknown = sorted(set(workloads) - set(WORKLOADS))
   if unknown:
     raise jaxviz.InputError(f'--workloads: unknown {unknown}; known: {", ".join(WORKLOADS)}')
-  for flag in (_ATTACK_EPSILON, _ATTACK_L2_EPSILON):
+  for flag in (_ATTACK_EPSILON, _ATTACK_L2_EPSILON, _ROUND_BUDGET_S):
     if flag.value <= 0:
       raise jaxviz.InputError(f'--{flag.name} must be positive, got {flag.value:g}')
+  if _IG_MEMORY_BOUND_MIB.value < 0:
+    raise jaxviz.InputError(f'--ig_memory_bound_mib must be >= 0, got '
+                            f'{_IG_MEMORY_BOUND_MIB.value:g}')
+  libraries = common.check_names(_PEER_LIBRARIES.value, peers.LIBRARIES, '--peer_libraries',
+                                 'peer library')
+  peer_workloads = common.check_names(_PEER_WORKLOADS.value, peers.WORKLOADS,
+                                      '--peer_workloads', 'workload')
+  if not all(b.strip().isdigit() and int(b) >= 1 for b in _PEER_BATCH_SIZES.value):
+    raise jaxviz.InputError(f'--peer_batch_sizes must be integers >= 1, got '
+                            f'{",".join(_PEER_BATCH_SIZES.value)!r}')
   if _OMP_WAIT_POLICY.value:
     os.environ['OMP_WAIT_POLICY'] = _OMP_WAIT_POLICY.value
   try:
@@ -606,6 +702,8 @@ def main(argv):
       'attack_epsilon': _ATTACK_EPSILON.value, 'attack_l2_epsilon': _ATTACK_L2_EPSILON.value,
       'workloads': workloads,
   }
+  if _PEERS.value:
+    return run_peers(cfg, libraries, peer_workloads)
   results = {'machine': machine_info(torch), 'config': cfg, 'models': {}}
   results['gemm'] = gemm_rate(cfg['gemm_size'], cfg['repeats'])
   with tempfile.TemporaryDirectory() as directory:

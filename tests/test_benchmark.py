@@ -1,6 +1,9 @@
 """scripts/benchmark.py --quick end to end: it runs and writes the JSON it promises.
 
-Only the shape of the results is checked (keys, positive numbers), never speed.
+Only the shape of the results is checked (keys, positive numbers, agreement where both
+sides compute the same function), never speed. The peer benchmark runs against the repo's
+torch references (--peer_libraries=reference): captum and the other peers are not test
+dependencies.
 """
 
 import json
@@ -12,7 +15,6 @@ import pytest
 
 pytest.importorskip('torch')  # the benchmark compares against torch: the [test] extra
 pytest.importorskip('torchvision')
-pytestmark = pytest.mark.slow  # a benchmark run end to end: about a minute on two cores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = ('saliency', 'fooling', 'class_visualization')
@@ -23,6 +25,7 @@ def _positive(value) -> bool:
   return isinstance(value, (int, float)) and value > 0
 
 
+@pytest.mark.slow  # a benchmark run end to end: about a minute on two cores
 def test_quick_benchmark_writes_results(tmp_path):
   output = tmp_path / 'benchmark.json'
   env = dict(os.environ, JAX_PLATFORMS='cpu')
@@ -88,3 +91,73 @@ def test_quick_benchmark_writes_results(tmp_path):
     for key in ('flops', 'jax_images_per_s', 'torch_images_per_s', 'jax_gflops',
                 'jax_pct_of_gemm', 'torch_pct_of_gemm'):
       assert _positive(s[key]), (s['batch'], key, s[key])
+
+
+PEER_ROWS = {  # (workload, method): the peers' rows of --quick --peer_libraries=reference
+    ('grad_cam', 'grad_cam'), ('guided_backprop', 'guided_backprop'),
+    ('integrated_gradients', 'integrated_gradients'), ('smoothgrad', 'smoothgrad'),
+    ('occlusion', 'occlusion'), ('fgsm', 'fgsm'), ('pgd_linf', 'pgd_linf'),
+    ('many_targets', 'grad_cam'), ('many_targets', 'integrated_gradients'),
+    ('many_targets', 'occlusion'), ('sweep', 'smoothgrad')}
+
+
+def _run_benchmark(args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
+  env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+  return subprocess.run([sys.executable, os.path.join('scripts', 'benchmark.py'), *args],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_quick_peer_benchmark_against_the_references(tmp_path):
+  output = tmp_path / 'peers.json'
+  proc = _run_benchmark(['--peers', '--quick', '--peer_libraries=reference',
+                         '--models=squeezenet1_1', f'--output_json={output}'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'jaxviz against its peers' in proc.stdout
+
+  results = json.loads(output.read_text())
+  assert results['machine']['peers'].keys() == {'reference'}
+  rows = results['models']['squeezenet1_1']['rows']
+  assert {(r['workload'], r['method']) for r in rows} == PEER_ROWS
+  assert all(r['peer'] == 'reference' for r in rows)
+  batches = results['config']['peer_batch_sizes']
+  for workload in ('grad_cam', 'guided_backprop', 'integrated_gradients', 'smoothgrad',
+                   'occlusion'):
+    assert sorted(r['batch'] for r in rows if r['workload'] == workload) == batches
+  for r in rows:
+    for key in ('jax_s', 'peer_s', 'peer_over_jax', 'jax_first_call_s', 'peer_first_call_s'):
+      assert _positive(r[key]), (r['workload'], key, r[key])
+    assert r['repeats'] == len(r['jax_times_s']) == 1  # --quick: one round
+    for key in ('jax_peak_mib', 'peer_peak_mib', 'jax_first_peak_mib', 'peer_first_peak_mib'):
+      # A peak above the resident set measured when the call starts: never below 0.
+      assert isinstance(r[key], float) and r[key] >= 0, (r['workload'], key, r[key])
+    a = r['agreement']
+    if r['workload'] in ('fgsm', 'pgd_linf'):
+      # The reference starts PGD from jaxviz's random point: both are the same iteration.
+      # FGSM's bound as in test_quick_benchmark_writes_results; PGD's 2-step iterates stay
+      # off the kinks on these images, with a margin for the one that does not.
+      assert a['pixels_within_1e-5'] >= (0.99 if r['workload'] == 'fgsm' else 0.9), a
+      assert 0 <= a['jax_success_rate'] <= 1 and 0 <= a['peer_success_rate'] <= 1
+      continue
+    assert a['kind'] == 'same', a
+    # The same maths from the same inputs: float32 round-off. Gradients (Grad-CAM, guided
+    # backprop, integrated gradients) agree to ~5e-7 relative, occlusion's score drops
+    # (differences of logits ~1 that drop by ~1e-2) to ~2e-5. 1e-3 leaves room for a
+    # gradient whose ReLU or max-pool switch float32 noise decides; a wrong layout, class or
+    # quantity is off by O(1). SmoothGrad adds noise of sigma = 15% of the image's range:
+    # one of the noisy copies can land within rounding of a kink, where the two sides'
+    # gradients part by percents (seen: 1.6e-2 for one copy, 5e-3 for the mean of 4).
+    bound = 5e-2 if r['method'] == 'smoothgrad' else 1e-3
+    assert a['rel_l2'] <= bound, (r['workload'], r['method'], r['batch'], a)
+
+
+@pytest.mark.parametrize('flag, value, message', [
+    ('--peer_libraries', 'captum,nope', "unknown peer library(s) 'nope'"),
+    ('--peer_workloads', 'grad_cam,nope', "unknown workload(s) 'nope'"),
+])
+def test_peer_benchmark_unknown_names_are_one_line_errors(tmp_path, flag, value, message):
+  proc = _run_benchmark(['--peers', '--quick', f'{flag}={value}',
+                         f'--output_json={tmp_path / "peers.json"}'], timeout=120)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().count('\n') == 0 and message in proc.stderr, proc.stderr
