@@ -119,7 +119,9 @@ def train(config: ShapesTraining = ShapesTraining(), progress: bool = True):
     steps = first_step + np.arange(block, dtype=np.int32)
     labels = step_labels(steps)
     indices = (steps[:, None] * n + np.arange(n, dtype=np.int32)).reshape(-1)
-    images, _ = shapes.sample(stream, indices, labels.reshape(-1))
+    # size passed as generate passes it: jit keys a static argument by how it is given,
+    # so the test set's generate() reuses this compiled generator (~5 s of compilation).
+    images, _ = shapes.sample(stream, indices, labels.reshape(-1), shapes.IMAGE_SIZE)
     return images.reshape(block, n, *images.shape[1:]), labels
 
   @nnx.jit
