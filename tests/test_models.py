@@ -21,15 +21,17 @@ from jaxviz import models
 # pools drop a row); odd and non-square (VGG's 6x9 feature map makes the adaptive 7x7 pool
 # repeat rows and average overlapping columns; AlexNet's 5x8 does the same to its 6x6).
 SIZES = [(224, 224), (227, 227), (193, 291)]
-# SqueezeNets are cheap: two seeds, every size. A float64 VGG case costs ~30 s on 2 cores:
-# VGG16 at 224 and at 193x291 (odd and non-square at once); the extras, which share VGG16's
-# code but for batch norm and depth, at 193x291. AlexNet and ResNet-50 at 224 and
-# 193x291; ResNet-18, which shares ResNet-50's code but for the basic block, at 193x291.
-CASES = ([(n, s, hw) for n in ('squeezenet1_1', 'squeezenet1_0') for s in (0, 1)
-          for hw in SIZES]
-         + [(n, 0, (224, 224)) for n in ('vgg16', 'alexnet', 'resnet50')]
+# Every architecture at the odd, non-square size; the standard size where it is the users'
+# (SqueezeNet 1.1, VGG16, AlexNet); SqueezeNet, whose ceil-mode pools add windows, at every
+# size. A second seed, at one size, shows the comparison is not tied to one draw of the
+# weights (same program, other values). A float64 VGG case costs ~30-50 s on 2 cores: VGG16
+# at 224, its variants (the same code but for batch norm and depth) at 193x291. ResNet-18
+# shares ResNet-50's code but for the basic block.
+CASES = ([('squeezenet1_1', 0, hw) for hw in SIZES] + [('squeezenet1_1', 1, (193, 291))]
+         + [('squeezenet1_0', 0, hw) for hw in SIZES]
+         + [(n, 0, (224, 224)) for n in ('vgg16', 'alexnet')]
          + [(n, 0, (193, 291))
-            for n in ('vgg16', 'vgg16_bn', 'vgg19', 'alexnet', 'resnet50', 'resnet18')])
+            for n in ('vgg16_bn', 'vgg19', 'alexnet', 'resnet50', 'resnet18')])
 BATCH = 2
 
 
@@ -72,7 +74,7 @@ def _torch_truth(model, x, ce_labels):
   return (logits.detach().numpy(), to_nhwc(g_score), to_nhwc(g_ce)), score_labels
 
 
-@pytest.mark.slow  # ~8 minutes in all on two cores, the VGGs most of it
+@pytest.mark.slow  # ~5 minutes in all on two cores, the VGGs most of it
 @pytest.mark.parametrize('name,seed,hw', CASES,
                          ids=[f'{n}-seed{s}-{h}x{w}' for n, s, (h, w) in CASES])
 def test_matches_torch(name, seed, hw, weights_dir):
