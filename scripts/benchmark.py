@@ -65,7 +65,7 @@ bound. --peer_libraries=reference puts the repo's torch references (tests/) in p
 the libraries. Per row: medians of steady calls (up to --repeats rounds within
 --round_budget_s, the rounds run recorded), the first calls apart, each side's peak
 resident-set growth during its calls (sampled every ~2 ms above the resident set just
-before the call) and how the two outputs agree. --quick: 64 px, batch sizes 1 and 2, 3
+before the call) and how the two outputs agree. --quick: 64 px, batch size 2, 3
 targets, 2 levels, 4 steps and samples, 2 per pass, 8 ig_memory steps, one round.
 """
 
@@ -606,7 +606,7 @@ def run_peers(cfg: dict, libraries, workloads):
   quick = cfg['quick']
   cfg = dict(
       cfg, peer_libraries=list(libraries), peer_workloads=list(workloads),
-      peer_batch_sizes=[1, 2] if quick else sorted({int(b) for b in _PEER_BATCH_SIZES.value}),
+      peer_batch_sizes=[2] if quick else sorted({int(b) for b in _PEER_BATCH_SIZES.value}),
       targets=3 if quick else _TARGETS.value,
       sweep_levels=2 if quick else _SWEEP_LEVELS.value,
       ig_steps=4 if quick else _IG_STEPS.value,
