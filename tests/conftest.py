@@ -3,7 +3,10 @@ compare against torch import it themselves and skip without it (`model64` import
 torch_helpers only when such a test asks for it), so that the rest of the suite runs where
 the [test] extra's torch is not installed (`pytest -m "not slow"`)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -19,6 +22,17 @@ if WORKERS > 1:
 # allocates fresh temporary buffers per call, and transparent huge pages spare most of
 # their page faults (the shapes model trains ~30% faster). See docs/performance.md.
 os.environ.setdefault('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=1')
+# One XLA compilation cache for every script the tests run, in every worker: a model's
+# random init (~50 small programs, ~10 s on two cores) and the programs the scripts share
+# compile once per test run, not once per process. Made here, in the controlling process,
+# so that the workers inherit it, and removed when the run ends. A size limit turns on
+# JAX's file lock around the cache's reads and writes: processes write it at once.
+if 'JAXVIZ_TEST_XLA_CACHE' not in os.environ:
+  os.environ['JAXVIZ_TEST_XLA_CACHE'] = tempfile.mkdtemp(prefix='jaxviz-test-xla-')
+  atexit.register(shutil.rmtree, os.environ['JAXVIZ_TEST_XLA_CACHE'], ignore_errors=True)
+# The environment of a script run by a test: merge into os.environ.
+XLA_CACHE = {'JAX_COMPILATION_CACHE_DIR': os.environ['JAXVIZ_TEST_XLA_CACHE'],
+             'JAX_COMPILATION_CACHE_MAX_SIZE': str(16 << 30)}
 
 
 def rel_err(a, b) -> float:

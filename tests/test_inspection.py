@@ -16,7 +16,7 @@ torch = pytest.importorskip('torch')  # the float64 references; the [test] extra
 
 import jaxviz  # noqa: E402
 import weights_convert  # noqa: E402
-from conftest import counting_hooks, rel_err  # noqa: E402
+from conftest import XLA_CACHE, counting_hooks, rel_err  # noqa: E402
 from jaxviz import figures, inspection, models  # noqa: E402
 from jaxviz.errors import InputError  # noqa: E402
 from torch_helpers import to_nhwc, torch_model  # noqa: E402
@@ -291,8 +291,8 @@ def test_filter_figures(tmp_path):
 # the rest start-up and compilation).
 
 def _env(cache_dir: str) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAXVIZ_CACHE=os.path.join(cache_dir, 'jaxviz'))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAXVIZ_CACHE=os.path.join(cache_dir, 'jaxviz'),
+             **XLA_CACHE)
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
   return env
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxviz
-from conftest import counting_hooks
+from conftest import XLA_CACHE, counting_hooks
 from jaxviz import figures, invariance
 from jaxviz.errors import InputError
 
@@ -287,8 +287,7 @@ def test_invariance_figure(tmp_path):
 @pytest.fixture(scope='module')
 def script_runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('invariance_script')
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(root / 'xla'),
-             JAXVIZ_CACHE=str(root / 'jaxviz'))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAXVIZ_CACHE=str(root / 'jaxviz'), **XLA_CACHE)
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
   common = ['--model=shapes', '--weights=random']
   runs = {

@@ -21,6 +21,7 @@ import pytest
 import jaxviz
 from jaxviz import robustness
 from jaxviz.methods import attacks as attack_lib
+from conftest import XLA_CACHE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, SIZE = 8, 32
@@ -28,8 +29,7 @@ EPSILONS = {'linf': [0.0, 8 / 255], 'l2': [0.0, 1.0]}
 
 
 def _script(tmp, name: str, *args: str) -> subprocess.Popen:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAXVIZ_CACHE=str(tmp / 'cache'),
-             JAX_COMPILATION_CACHE_DIR=str(tmp / 'xla'))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAXVIZ_CACHE=str(tmp / 'cache'), **XLA_CACHE)
   # A step or two on four images: compiling is all there is, and XLA's backend
   # optimisations double it for nothing here (as in test_scripts.py).
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 import jaxviz
+from conftest import XLA_CACHE
 
 # The scripts end to end: a few minutes of compiling on two cores, the module's fixture all
 # of it.
@@ -27,8 +28,8 @@ TIMEOUT_S = 600
 
 
 def _env(cache_dir: str) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAXVIZ_CACHE=os.path.join(cache_dir, 'jaxviz'))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAXVIZ_CACHE=os.path.join(cache_dir, 'jaxviz'),
+             **XLA_CACHE)
   # These runs take a few steps on tiny images: compile time is all there is, and XLA's
   # backend optimisations double it for no gain here.
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()

@@ -19,6 +19,7 @@ import pytest
 import jaxviz
 from jaxviz import checkpoint, evaluation, shapes, training
 from jaxviz import data as jaxviz_data
+from conftest import XLA_CACHE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -295,8 +296,7 @@ def test_evaluate_script_unknown_method_is_one_line(tmp_path):
 # -- the scripts on the trained model -------------------------------------------------------
 
 def _run(script, cache, *args):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAXVIZ_CACHE=cache,
-             JAX_COMPILATION_CACHE_DIR=os.path.join(cache, 'xla'))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAXVIZ_CACHE=cache, **XLA_CACHE)
   return subprocess.run([sys.executable, os.path.join('scripts', script), *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)
 

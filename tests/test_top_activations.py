@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import jaxviz
+from conftest import XLA_CACHE
 from jaxviz import shapes, top_activations as ta
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,15 +61,17 @@ def streamed(model, images):
 
 
 @pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  """One XLA compilation cache for every subprocess of this file: the model's init and
-  the shapes generator compile once, not once per process."""
-  return str(tmp_path_factory.mktemp('xla_cache'))
+def xla_cache():
+  """The test run's XLA compilation cache (conftest.XLA_CACHE) for every subprocess of
+  this file: the model's init and the shapes generator compile once, not once per
+  process."""
+  return XLA_CACHE['JAX_COMPILATION_CACHE_DIR']
 
 
 def _env(cache: str, fast_compile: bool = False):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  env = dict(os.environ, JAX_PLATFORMS='cpu', **XLA_CACHE)
+  env['JAX_COMPILATION_CACHE_DIR'] = cache
+  env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   env.pop('XLA_FLAGS', None)
   if fast_compile:  # runs compared only with each other: compile time is all they take
