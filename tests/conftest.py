@@ -26,7 +26,8 @@ os.environ.setdefault('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=1')
 # random init (~50 small programs, ~10 s on two cores) and the programs the scripts share
 # compile once per test run, not once per process. Made here, in the controlling process,
 # so that the workers inherit it, and removed when the run ends. A size limit turns on
-# JAX's file lock around the cache's reads and writes: processes write it at once.
+# JAX's file lock around the cache's reads and writes: processes write it at once. Set
+# $JAXVIZ_TEST_XLA_CACHE to a folder to keep the cache between runs (it is not removed).
 if 'JAXVIZ_TEST_XLA_CACHE' not in os.environ:
   os.environ['JAXVIZ_TEST_XLA_CACHE'] = tempfile.mkdtemp(prefix='jaxviz-test-xla-')
   atexit.register(shutil.rmtree, os.environ['JAXVIZ_TEST_XLA_CACHE'], ignore_errors=True)
