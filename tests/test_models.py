@@ -21,8 +21,9 @@ from jaxviz import models
 # pools drop a row); odd and non-square (VGG's 6x9 feature map makes the adaptive 7x7 pool
 # repeat rows and average overlapping columns; AlexNet's 5x8 does the same to its 6x6).
 SIZES = [(224, 224), (227, 227), (193, 291)]
-# Every architecture at the odd, non-square size; the standard size where it is the users'
-# (SqueezeNet 1.1, VGG16, AlexNet); SqueezeNet, whose ceil-mode pools add windows, at every
+# Every architecture at the odd, non-square size (VGG16 through VGG16-BN and VGG19, which
+# run its code there); the standard size where it is the users' (SqueezeNet 1.1, VGG16,
+# AlexNet); SqueezeNet, whose ceil-mode pools add windows, at every
 # size. A second seed, at one size, shows the comparison is not tied to one draw of the
 # weights (same program, other values). A float64 VGG case costs ~30-50 s on 2 cores: VGG16
 # at 224, its variants (the same code but for batch norm and depth) at 193x291. ResNet-18
